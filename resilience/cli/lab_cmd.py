@@ -1,0 +1,8 @@
+"""``resilience lab`` (placeholder until the lab lands)."""
+
+import click
+
+
+@click.group()
+def lab() -> None:
+    """The network-namespace test lab."""

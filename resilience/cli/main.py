@@ -1,0 +1,119 @@
+"""The ``resilience`` command: top-level options, command registry, error → exit code mapping."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import click
+
+from .. import __version__
+from ..errors import ExitCode, ResilienceError
+from .context import AppContext, app, dumps
+
+# name -> "module:attribute"; modules are imported only when their command runs, so a cron
+# job that runs `resilience backup` does not pay for importing Ansible.
+COMMANDS: dict[str, str] = {
+    "config": "resilience.cli.config_cmd:config",
+    "evidence": "resilience.cli.evidence_cmd:evidence",
+    "lab": "resilience.cli.lab_cmd:lab",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+EPILOG = """\b
+Examples:
+  resilience config init > resilience.yml
+  resilience config check
+  resilience evidence verify
+  sudo resilience lab up && resilience lab status --json
+
+\b
+Exit codes: 0 ok · 1 failed · 2 bad usage or config · 3 partial ·
+4 damaged (verify) · 75 temporary, retry later.
+Config: --config, else $RESILIENCE_CONFIG, else ./resilience.yml."""
+
+
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="resilience")
+@click.option("--config", "config_path", metavar="PATH", envvar="RESILIENCE_CONFIG",
+              help="Config file (default: $RESILIENCE_CONFIG, else ./resilience.yml).")
+@click.option("--json", "json_", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.option("-v", "--verbose", count=True, help="More output on stderr (repeat for more).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, json_: bool, verbose: int) -> None:
+    """Keep a web platform recoverable, and prove it.
+
+    Backs up site files and databases into an encrypted, deduplicated repository, restores
+    them, isolates tampered servers, fails over network lines, runs drills, and records
+    every action in a signed evidence ledger.
+    """
+    obj = ctx.ensure_object(AppContext)
+    obj.config_path = config_path
+    obj.json = obj.json or json_
+    obj.verbose += verbose
+
+
+def _report(message: str, code: int, details: dict | None = None) -> None:
+    click.echo(f"resilience: error: {message}", err=True)
+    if app().json:
+        payload = {"ok": False, "error": message, "exit_code": int(code)}
+        payload.update(details or {})
+        click.echo(dumps(payload))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn every error into one line and an exit code."""
+    ctx_obj = AppContext()
+    code: int = ExitCode.OK
+    try:
+        with cli.make_context("resilience", list(sys.argv[1:] if argv is None else argv), obj=ctx_obj) as ctx:
+            rv = cli.invoke(ctx)
+        code = rv if isinstance(rv, int) else ExitCode.OK
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("resilience: aborted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except ResilienceError as exc:
+        with click.Context(cli, obj=ctx_obj):
+            _report(exc.message, exc.exit_code, exc.details)
+        if isinstance(getattr(exc, "problems", None), list) and len(exc.problems) > 1:
+            for line in exc.problems[1:]:
+                click.echo(f"resilience: error: {line}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("resilience: interrupted", err=True)
+        code = 130
+    except BrokenPipeError:
+        code = ExitCode.FAILED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if ctx_obj.verbose:
+            traceback.print_exc()
+        from ..evidence.redact import redact_text
+
+        with click.Context(cli, obj=ctx_obj):
+            _report(f"internal error: {type(exc).__name__}: {redact_text(str(exc))} (run with -v for details)",
+                    ExitCode.FAILED)
+        code = ExitCode.FAILED
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

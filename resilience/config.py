@@ -1,0 +1,425 @@
+"""Load and validate ``resilience.yml``.
+
+The contract: :func:`load_config` returns a fully validated :class:`Config` whose relative
+paths are resolved against the config file's folder, or raises :class:`ConfigError` whose
+``problems`` are lines of the form ``file: key: reason``. Nothing here ever lets a YAML,
+decoding or validation traceback escape.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+CONFIG_ENV = "RESILIENCE_CONFIG"
+DEFAULT_CONFIG_NAME = "resilience.yml"
+MAX_CONFIG_BYTES = 1 << 20
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdwy])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Return the number of seconds in a duration such as ``90s``, ``30m``, ``24h``, ``7d``.
+
+    Raises ValueError with a readable reason for anything else.
+    """
+    total = 0
+    rest = str(text).strip()
+    if not rest:
+        raise ValueError("empty duration")
+    for part in re.findall(r"\d+\s*[a-zA-Z]+|\S+", rest):
+        m = _DURATION_RE.match(part)
+        if not m:
+            raise ValueError(f"invalid duration {text!r} (use e.g. 90s, 30m, 24h, 7d, 2w, 1y)")
+        total += int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    return total
+
+
+def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
+    path = Path(os.path.expanduser(str(value)))
+    base = (info.context or {}).get("base")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+def _check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte")
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    if isinstance(value, str):
+        _check_text(value)
+        if not value.strip():
+            raise ValueError("must not be empty")
+    return value
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_resolve_path)]
+Name = Annotated[str, Field(pattern=_NAME_RE.pattern)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=False)
+
+
+def _validate_repo_url(value: str, info: ValidationInfo) -> str:
+    value = _check_text(value).strip()
+    if not value:
+        raise ValueError("must not be empty")
+    parts = urlsplit(value)
+    if parts.scheme == "file":
+        value, parts = parts.path, urlsplit(parts.path)
+    if parts.scheme == "":
+        return str(_resolve_path(value, info))
+    if parts.scheme != "s3":
+        raise ValueError(
+            f"unsupported URL scheme {parts.scheme!r} (use a local path or s3://bucket/prefix)"
+        )
+    if not parts.netloc:
+        raise ValueError("an s3 URL needs a bucket: s3://bucket/prefix")
+    if not _BUCKET_RE.match(parts.netloc):
+        raise ValueError(f"invalid S3 bucket name {parts.netloc!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("an s3 URL takes no query or fragment")
+    return value
+
+
+def _validate_endpoint(value: str) -> str:
+    value = _check_text(value).strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"invalid port: {exc}") from None
+    return value.rstrip("/")
+
+
+RepoURL = Annotated[str, AfterValidator(_validate_repo_url)]
+EndpointURL = Annotated[str, AfterValidator(_validate_endpoint)]
+
+
+class RepositoryCopy(Strict):
+    url: RepoURL
+    endpoint: EndpointURL | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key_file: ConfigPath | None = None
+    password_file: ConfigPath | None = None
+
+
+class RepositoryConfig(RepositoryCopy):
+    copies: list[RepositoryCopy] = Field(default_factory=list)
+    compression: int = Field(default=3, ge=1, le=19)
+    pack_size_mib: int = Field(default=16, ge=1, le=128)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+
+class FilesConfig(Strict):
+    hosts: list[Name] = Field(min_length=1)
+    path: str
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        _check_text(v)
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path")
+        if v.rstrip("/") == "":
+            raise ValueError("refusing to use / as a site path")
+        return v.rstrip("/")
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists a host twice")
+        return v
+
+
+class DatabaseConfig(Strict):
+    host: Name
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    port: int = Field(default=5432, ge=1, le=65535)
+    user: str = "resilience_backup"
+    password_file: ConfigPath | None = None
+    superuser: str = "postgres"
+    superuser_password_file: ConfigPath | None = None
+
+
+class BalancerConfig(Strict):
+    host: Name
+    backend: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]
+    socket: str = "/run/haproxy/admin.sock"
+
+
+class CheckConfig(Strict):
+    path: str = "/"
+    status: int = Field(default=200, ge=100, le=599)
+    contains: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _starts_with_slash(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+
+class SiteConfig(Strict):
+    files: FilesConfig | None = None
+    database: DatabaseConfig | None = None
+    balancer: BalancerConfig | None = None
+    url: EndpointURL | None = None
+    checks: list[CheckConfig] = Field(default_factory=lambda: [CheckConfig()])
+
+    @model_validator(mode="after")
+    def _something_to_protect(self) -> SiteConfig:
+        if self.files is None and self.database is None:
+            raise ValueError("a site needs 'files', 'database' or both")
+        return self
+
+
+class RetentionConfig(Strict):
+    keep_last: int | None = Field(default=None, ge=0)
+    keep_hourly: int | None = Field(default=None, ge=0)
+    keep_daily: int | None = Field(default=None, ge=0)
+    keep_weekly: int | None = Field(default=None, ge=0)
+    keep_monthly: int | None = Field(default=None, ge=0)
+    keep_yearly: int | None = Field(default=None, ge=0)
+    keep_within: str | None = None
+
+    @field_validator("keep_within")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+
+class SSHConfig(Strict):
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    identity_file: ConfigPath | None = None
+    known_hosts: ConfigPath | None = None
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+
+
+class EvidenceConfig(Strict):
+    dir: ConfigPath | None = None
+
+
+class Config(Strict):
+    version: Literal[1] = 1
+    repository: RepositoryConfig | None = None
+    inventory: ConfigPath | None = None
+    ssh: SSHConfig = Field(default_factory=SSHConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    sites: dict[Name, SiteConfig] = Field(default_factory=dict)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    # Set by load_config, not by the file.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _inventory_when_remote(self) -> Config:
+        remote = [h for s in self.sites.values() if s.files for h in s.files.hosts if h != "localhost"]
+        remote += [s.database.host for s in self.sites.values() if s.database]
+        if remote and self.inventory is None:
+            raise ValueError(
+                f"sites name remote hosts ({', '.join(sorted(set(remote)))}) but no 'inventory' is set"
+            )
+        return self
+
+    def site(self, name: str) -> SiteConfig:
+        """Return the named site or raise a usage error that lists the known sites."""
+        from .errors import UsageError
+
+        if name not in self.sites:
+            known = ", ".join(sorted(self.sites)) or "none configured"
+            raise UsageError(f"unknown site {name!r} (known: {known})")
+        return self.sites[name]
+
+
+def find_config_path(explicit: str | os.PathLike | None) -> Path:
+    """Return the config path: the explicit one, else ``$RESILIENCE_CONFIG``, else ./resilience.yml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    # Pydantic adds the union member name (e.g. "str") to the location; it means nothing to a user.
+    parts = [p for p in parts if p not in ("str", "int", "float", "bool", "list[str]", "RepositoryCopy")]
+    return ".".join(parts) or "(top level)"
+
+
+_FRIENDLY = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "literal_error": "unsupported value",
+}
+
+
+def _reason(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind in _FRIENDLY:
+        reason = _FRIENDLY[kind]
+        if kind == "literal_error":
+            reason += f" (expected {err.get('ctx', {}).get('expected', '?')})"
+        return reason
+    msg = str(err.get("msg", "invalid value"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if kind == "string_pattern_mismatch":
+        msg = "invalid name (letters, digits, '.', '_', '-'; must start with a letter or digit)"
+    return msg
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.is_dir():
+            raise ConfigError([f"{path}: is a directory, not a config file"])
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: too large for a config file (over 1 MiB)"])
+    if b"\x00" in raw:
+        raise ConfigError([f"{path}: not a text file (contains NUL bytes)"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which YAML silently lets the last one win."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value", key_node.start_mark
+            ) from None
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def parse_yaml(path: Path) -> Any:
+    """Parse a YAML file into plain data, or raise ConfigError naming the line of the problem."""
+    text = _read_text(path)
+    if not text.strip():
+        raise ConfigError([f"{path}: file is empty"])
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}" if mark else "(unknown position)"
+        what = exc.problem or exc.context or "malformed YAML"
+        raise ConfigError([f"{path}: {where}: malformed YAML: {what}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: (top level): malformed YAML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: (top level): YAML nested too deeply"]) from None
+
+
+def validate_config(data: Any, path: Path) -> Config:
+    """Validate already-parsed data as a config read from ``path``."""
+    if data is None:
+        raise ConfigError([f"{path}: file is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: (top level): must be a mapping of keys, not {type(data).__name__}"])
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError([f"{path}: {bad_keys[0]!r}: keys must be strings"])
+    try:
+        cfg = Config.model_validate(data, context={"base": path.resolve().parent})
+    except ValidationError as exc:
+        problems = [f"{path}: {_loc(e['loc'])}: {_reason(e)}" for e in exc.errors()]
+        raise ConfigError(problems) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: (top level): nested too deeply"]) from None
+    cfg.source = path.resolve()
+    return cfg
+
+
+def load_config(explicit: str | os.PathLike | None = None) -> Config:
+    """Find, parse and validate the config. Raises ConfigError on any problem."""
+    path = find_config_path(explicit)
+    return validate_config(parse_yaml(path), path)
+
+
+def embedded_default(base: Path) -> Config:
+    """The config used by ``make demo``: a local site and a local repository under ``base``."""
+    data = {
+        "repository": {"url": str(base / "repo"), "password_file": str(base / "repo.pass")},
+        "evidence": {"dir": str(base / "evidence")},
+        "sites": {"portal": {"files": {"hosts": ["localhost"], "path": str(base / "site")}}},
+        "retention": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12},
+    }
+    cfg = Config.model_validate(data, context={"base": base})
+    cfg.source = base / DEFAULT_CONFIG_NAME
+    return cfg
