@@ -306,6 +306,22 @@ _FRIENDLY = {
 
 def _reason(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
+    ctx = err.get("ctx", {})
+    bounds = {
+        "less_than_equal": "must be at most {le}",
+        "less_than": "must be less than {lt}",
+        "greater_than_equal": "must be at least {ge}",
+        "greater_than": "must be greater than {gt}",
+        "too_short": "needs at least {min_length} item(s)",
+        "too_long": "allows at most {max_length} item(s)",
+        "string_too_short": "must not be empty",
+        "string_too_long": "is too long (at most {max_length} characters)",
+    }
+    if kind in bounds:
+        try:
+            return bounds[kind].format(**ctx)
+        except (KeyError, IndexError):
+            pass
     if kind in _FRIENDLY:
         reason = _FRIENDLY[kind]
         if kind == "literal_error":
