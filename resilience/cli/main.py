@@ -18,6 +18,16 @@ COMMANDS: dict[str, str] = {
     "config": "resilience.cli.config_cmd:config",
     "evidence": "resilience.cli.evidence_cmd:evidence",
     "lab": "resilience.cli.lab_cmd:lab",
+    "init": "resilience.cli.repo_cmd:init",
+    "backup": "resilience.cli.repo_cmd:backup",
+    "snapshots": "resilience.cli.repo_cmd:snapshots",
+    "ls": "resilience.cli.repo_cmd:ls",
+    "diff": "resilience.cli.repo_cmd:diff",
+    "restore": "resilience.cli.repo_cmd:restore",
+    "verify": "resilience.cli.repo_cmd:verify",
+    "forget": "resilience.cli.repo_cmd:forget",
+    "unlock": "resilience.cli.repo_cmd:unlock",
+    "copy": "resilience.cli.repo_cmd:copy",
 }
 
 

@@ -1,0 +1,182 @@
+"""Files on the ops host itself (``files.hosts: [localhost]``).
+
+Walks the tree with lstat only (symlinks are recorded, never followed), reads ``user.*``
+extended attributes, and records owner and group by number and by name. Names are raw bytes
+throughout, so any name the filesystem allows survives.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from ..errors import UsageError
+from .base import Entry, Opener, Source, SourceReport
+from .patterns import Matcher
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def _type(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "chardev"
+    if stat.S_ISBLK(mode):
+        return "blockdev"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return None
+
+
+def read_xattrs(path: bytes) -> dict[str, bytes] | None:
+    """The ``user.*`` extended attributes of ``path`` (not following symlinks), or None."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    out = {}
+    for name in names:
+        if name.startswith("user."):
+            try:
+                out[name] = os.getxattr(path, name, follow_symlinks=False)
+            except OSError:
+                continue
+    return out or None
+
+
+def entry_from_stat(rel: bytes, full: bytes, st: os.stat_result) -> Entry | None:
+    """An Entry from an lstat result (None for file types we do not know)."""
+    kind = _type(st.st_mode)
+    if kind is None:
+        return None
+    e = Entry(
+        path=rel, type=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+        user=user_name(st.st_uid), group=group_name(st.st_gid), mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns, inode=st.st_ino, dev=st.st_dev, nlink=st.st_nlink,
+        size=st.st_size if kind == "file" else 0,
+    )
+    if kind == "symlink":
+        e.target = os.readlink(full)
+    elif kind in ("chardev", "blockdev"):
+        e.rdev = st.st_rdev
+    if kind != "symlink":
+        e.xattrs = read_xattrs(full)
+    return e
+
+
+class LocalSource(Source):
+    """The folder ``root`` on this machine, minus ``exclude`` patterns."""
+
+    def __init__(self, root: str | os.PathLike, exclude: list[str] | None = None):
+        self.root = os.fsencode(os.fspath(root)).rstrip(b"/") or b"/"
+        self.exclude = Matcher(exclude or [])
+        self.report = SourceReport()
+        self.listed_at: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "files", "host": "localhost", "path": os.fsdecode(self.root),
+                "listed_at": self.listed_at, "exclude": self.exclude.patterns}
+
+    def _full(self, rel: bytes) -> bytes:
+        return self.root + b"/" + rel if rel else self.root
+
+    def entries(self) -> Iterator[Entry]:
+        self.listed_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            st = os.lstat(self.root)
+        except FileNotFoundError:
+            raise UsageError(f"{os.fsdecode(self.root)}: the site folder does not exist") from None
+        except PermissionError:
+            raise UsageError(f"{os.fsdecode(self.root)}: permission denied") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{os.fsdecode(self.root)}: not a folder")
+        root = entry_from_stat(b"", self.root, st)
+        assert root is not None
+        yield root
+        yield from self._walk(b"")
+
+    def _walk(self, rel: bytes) -> Iterator[Entry]:
+        full = self._full(rel)
+        try:
+            with os.scandir(full) as it:
+                names = sorted(e.name for e in it)
+        except FileNotFoundError:
+            self.report.warnings.append(f"{os.fsdecode(rel) or '.'}: folder vanished during the backup")
+            return
+        except OSError as exc:
+            self.report.errors.append(f"{os.fsdecode(rel) or '.'}: cannot list: {exc.strerror}")
+            return
+        for name in names:
+            child = rel + b"/" + name if rel else name
+            cfull = full + b"/" + name
+            try:
+                st = os.lstat(cfull)
+            except FileNotFoundError:
+                self.report.warnings.append(f"{os.fsdecode(child)}: vanished during the backup")
+                continue
+            except OSError as exc:
+                self.report.errors.append(f"{os.fsdecode(child)}: cannot stat: {exc.strerror}")
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if self.exclude and self.exclude.match_exact(child, is_dir):
+                continue
+            try:
+                e = entry_from_stat(child, cfull, st)
+            except OSError as exc:
+                self.report.errors.append(f"{os.fsdecode(child)}: {exc.strerror}")
+                continue
+            if e is None:
+                continue
+            yield e
+            if is_dir:
+                yield from self._walk(child)
+
+    def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:
+        for e in files:
+            yield e, self._opener(e)
+
+    def _opener(self, e: Entry) -> Opener:
+        full = self._full(e.path)
+
+        def opener():
+            flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+            try:
+                fd = os.open(full, flags)
+            except PermissionError:
+                # O_NOATIME needs ownership of the file; fall back without it.
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise FileNotFoundError(errno.ENOENT, "replaced by a symlink") from None
+                raise
+            return os.fdopen(fd, "rb", buffering=0)
+
+        return opener
