@@ -44,8 +44,9 @@ def _network(active: str) -> None:
         if h.on_lan:
             netns.ensure_lan_link(h.name)
     for ln in T.LINES.values():
-        netns.ensure_p2p_link("gw1", ln.gw_if, ln.isp, ln.isp_if)
-        netns.ensure_p2p_link(ln.isp, ln.isp_inet_if, "internet", ln.inet_if)
+        netns.ensure_p2p_link("gw1", ln.gw_if, ln.gw_addr, ln.isp, ln.isp_if, ln.isp_addr)
+        netns.ensure_p2p_link(ln.isp, ln.isp_inet_if, ln.isp_inet_addr, "internet", ln.inet_if,
+                              ln.inet_addr)
     jobs = [lambda n=h.name: routing.configure_lan_host(n)
             for h in T.HOSTS.values() if h.on_lan and h.name != "gw1"]
     jobs += [lambda: routing.configure_gateway(active), lambda: routing.configure_internet(active)]

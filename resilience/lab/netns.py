@@ -112,7 +112,9 @@ def _mounts(name: str) -> list[tuple[str, ...]]:
 
 def _mount_script(ops: list[tuple[str, ...]]) -> tuple[str, list[str]]:
     """A fixed shell script plus its positional arguments: data never becomes shell text."""
-    lines = ["set -e", 'hostname "$1"']
+    # The copied /run/netns mounts would pin the *other* hosts' namespaces for as long as this
+    # host lives; the mount namespace is private, so dropping them here leaves the ops host's.
+    lines = ["set -e", 'hostname "$1"', "umount -R -l /run/netns 2>/dev/null || true"]
     args: list[str] = []
     n = 2
     for op in ops:
@@ -185,8 +187,8 @@ def create_host(name: str) -> int:
 
 
 def host_pids(name: str) -> set[int]:
-    """Every process in the host's network namespace (current or recorded), plus recorded
-    pids that still look like ours."""
+    """Every process in the host's network namespace: the current one and the one recorded
+    at creation (which may have lost its name but still hold processes)."""
     inodes = {ino for ino in (netns_inode(T.HOSTS[name].netns), _recorded_inode(name)) if ino}
     found: set[int] = set()
     if inodes:
@@ -232,7 +234,10 @@ def link_exists(ifname: str, netns: str | None = None) -> bool:
 def ensure_bridge() -> None:
     """The LAN bridge in the root namespace with the ops host's address on it."""
     if not link_exists(T.BRIDGE):
-        run(["ip", "link", "add", T.BRIDGE, "type", "bridge"], what="create bridge")
+        # A bridge takes the lowest MAC of its ports unless given one: fix it, so the ops
+        # host's MAC does not change whenever a host is rebuilt.
+        run(["ip", "link", "add", T.BRIDGE, "address", T.mac_for(T.OPS_ADDR), "type", "bridge"],
+            what="create bridge")
     run(["ip", "addr", "replace", f"{T.OPS_ADDR}/{T.LAN_PREFIXLEN}", "dev", T.BRIDGE])
     run(["ip", "link", "set", T.BRIDGE, "up"])
 
@@ -244,20 +249,24 @@ def ensure_lan_link(name: str) -> None:
     if link_exists(root_end) and not link_exists("eth0", host.netns):
         run(["ip", "link", "delete", root_end], check=False)
     if not link_exists(root_end):
-        run(["ip", "link", "add", root_end, "type", "veth", "peer", "name", "eth0",
+        run(["ip", "link", "add", root_end, "address", T.mac_for(host.address, port=True),
+             "type", "veth", "peer", "name", "eth0", "address", T.mac_for(host.address),
              "netns", host.netns], what=f"create link {root_end}")
     run(["ip", "link", "set", root_end, "master", T.BRIDGE, "up"])
 
 
-def ensure_p2p_link(ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
-    """A veth pair created directly inside two namespaces (never visible in the root one)."""
+def ensure_p2p_link(ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str,
+                    addr_b: str) -> None:
+    """A veth pair created directly inside two namespaces (never visible in the root one);
+    MACs derive from the addresses the ends will carry."""
     if link_exists(if_a, ns_a) and link_exists(if_b, ns_b):
         return
     for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
         if link_exists(ifname, ns):
             run(["ip", "-n", ns, "link", "delete", ifname], check=False)
-    run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
-         "netns", ns_b], what=f"create link {ns_a}:{if_a} <-> {ns_b}:{if_b}")
+    run(["ip", "link", "add", if_a, "address", T.mac_for(addr_a), "netns", ns_a, "type", "veth",
+         "peer", "name", if_b, "address", T.mac_for(addr_b), "netns", ns_b],
+        what=f"create link {ns_a}:{if_a} <-> {ns_b}:{if_b}")
 
 
 def lab_links() -> list[str]:

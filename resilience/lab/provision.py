@@ -3,6 +3,8 @@ S3 bucket. Each step checks first and changes only what is missing or wrong."""
 
 from __future__ import annotations
 
+import time
+
 from ..errors import ResilienceError
 from . import layout as L
 from . import seed
@@ -85,14 +87,36 @@ def s3_client(access_key: str | None = None, secret_key: str | None = None):
     )
 
 
+def _probe_write(client, timeout: float = 30.0) -> None:
+    """Write, read back and delete a probe object: S3 answering is not yet S3 storing (the
+    volume server registers with the master a few seconds after the gateway is up)."""
+    key, body = "lab-probe/ready", b"ready"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.put_object(Bucket=T.S3_BUCKET, Key=key, Body=body)
+            ok = client.get_object(Bucket=T.S3_BUCKET, Key=key)["Body"].read() == body
+            client.delete_object(Bucket=T.S3_BUCKET, Key=key)
+            if ok:
+                return
+        except Exception:  # noqa: BLE001 - retried until the deadline
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise ResilienceError("S3 on s3 does not store objects")
+        time.sleep(0.3)
+
+
 def ensure_bucket() -> list[str]:
     """The repository bucket exists (created with the lab credentials if missing)."""
     try:
         client = s3_client()
         names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        if T.S3_BUCKET in names:
-            return []
-        client.create_bucket(Bucket=T.S3_BUCKET)
-        return [f"created bucket {T.S3_BUCKET}"]
+        changed = []
+        if T.S3_BUCKET not in names:
+            client.create_bucket(Bucket=T.S3_BUCKET)
+            changed.append(f"created bucket {T.S3_BUCKET}")
+        _probe_write(client)
+        return changed
     except Exception as exc:  # noqa: BLE001 - one line, not a botocore traceback
         raise ResilienceError(f"S3 setup on s3 failed: {str(exc).splitlines()[0]}") from None

@@ -112,6 +112,7 @@ class Service:
     check: Callable[[str], bool]
     stop: Callable[[str], None] | None = None  # default: SIGTERM the pid, then SIGKILL
     start_timeout: float = 20.0
+    stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
 
 
 def _own_pid(host: str, pid: int | None) -> int | None:
@@ -299,7 +300,9 @@ def _s3_start(host: str) -> None:
                  f"-s3.config={_s3_config_path()}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                  # Modest: 512 MiB volumes, at most 32 of them; no 10 s pause on stop.
                  "-master.volumeSizeLimitMB=512", "-volume.max=32",
-                 "-volume.preStopSeconds=0"],
+                 "-volume.preStopSeconds=0",
+                 # One master: the default 10 s election timeout only delays a restart.
+                 "-master.electionTimeout=1s", "-master.telemetry=false"],
                 env=HOST_ENV, log=L.log_dir(host) / "seaweedfs.log")
     L.pid_file(host, "s3").write_text(f"{pid}\n")
 
@@ -324,8 +327,10 @@ SERVICES: dict[str, Service] = {
                        lambda h: _pidfile_pid(h, "haproxy"), _haproxy_check),
     "postgresql": Service("postgresql", _pg_prepare, _pg_start, _pg_pid, _pg_check, _pg_stop,
                           start_timeout=45),
+    # SeaweedFS's filer waits 15 s for a gRPC stream on SIGTERM; its stores recover from a
+    # SIGKILL (leveldb journal, volume index check), so do not wait that long.
     "s3": Service("s3", _s3_prepare, _s3_start, lambda h: _pidfile_pid(h, "s3"), _s3_check,
-                  start_timeout=45),
+                  start_timeout=45, stop_grace=2.0),
 }
 
 
@@ -336,10 +341,6 @@ def service(host: str, name: str) -> Service:
         valid = ", ".join(h.services) or "none"
         raise UsageError(f"lab host {host} has no service {name!r} (valid: {valid})")
     return SERVICES[name]
-
-
-def is_running(host: str, name: str) -> bool:
-    return SERVICES[name].pid(host) is not None
 
 
 def check(host: str, name: str) -> bool:
@@ -359,7 +360,7 @@ def stop(host: str, name: str) -> bool:
     if svc.stop is not None:
         svc.stop(host)
     else:
-        left = kill_pids([pid], grace=5)
+        left = kill_pids([pid], grace=svc.stop_grace)
         if left:
             raise ResilienceError(f"{name} on {host} did not stop (pid {pid})")
     return True

@@ -40,6 +40,7 @@ REQUIRED = {
     "nginx": "nginx-light",
     "haproxy": "haproxy",
     "python3": "python3",
+    "sysctl": "procps",
 }
 PG_PACKAGE = "postgresql-15"
 
@@ -202,7 +203,7 @@ def weed_bin() -> str | None:
 def require_root(action: str) -> None:
     """Raise UsageError (exit 2) with one line unless we run as root."""
     if os.geteuid() != 0:
-        raise UsageError(f"lab {action} needs root (it creates network namespaces): "
+        raise UsageError(f"lab {action} needs root (network namespaces, mounts, nftables): "
                          f"run it as root, e.g. sudo resilience lab {action}")
 
 

@@ -121,6 +121,17 @@ SSH_HOSTS = tuple(n for n, h in HOSTS.items() if "sshd" in h.services)
 SERVICE_NAMES = ("sshd", "nginx", "haproxy", "postgresql", "s3")
 
 
+def mac_for(addr: str, *, port: bool = False) -> str:
+    """A fixed, locally administered MAC for the interface holding ``addr``.
+
+    Stable MACs mean a rebuilt host answers with the MAC its neighbours already cached, so
+    nobody waits for a stale ARP entry to expire. ``port`` gives the MAC of the root-side
+    (bridge port) end of that host's veth.
+    """
+    octets = [int(o) for o in addr.split(".")]
+    return ":".join(f"{b:02x}" for b in [0x06 if port else 0x02, 0x00, *octets])
+
+
 def host(name: str) -> Host:
     """The named host, or a UsageError that lists the valid names."""
     from ..errors import UsageError

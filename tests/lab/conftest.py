@@ -1,0 +1,46 @@
+"""Fixtures of the lab tests: one lab for the whole session, brought up through the Python API.
+
+Without root (or when the lab cannot start) every lab test is skipped, unless
+RESILIENCE_REQUIRE_LAB=1, in which case they fail with the reason. The lab is left up at the
+end of the session, except that tests/lab/test_zz_down.py (which runs last) tears it down to
+prove `lab down` leaves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_ENV = "RESILIENCE_REQUIRE_LAB"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"lab required ({REQUIRE_ENV}=1) but unavailable: {reason}", pytrace=False)
+    pytest.skip(f"lab unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab's status dict once every host is healthy (the lab is brought up if needed)."""
+    if os.geteuid() != 0:
+        _unavailable("needs root")
+    from resilience import lab as lab_api
+    from resilience.errors import ResilienceError
+    from resilience.lab import faults, site
+    from resilience.lab import layout as L
+    from resilience.lab import topology as T
+
+    try:
+        lab_api.up()
+        # A known starting point, whatever an earlier (interrupted) run left behind.
+        for line in T.LINES:
+            faults.line_up(line)
+        lab_api.set_active_line(T.DEFAULT_LINE)
+        for web in T.WEB_HOSTS:
+            if not site.is_pristine(L.site_dir(web)):
+                faults.untamper(web)
+        return lab_api.status()
+    except ResilienceError as exc:
+        _unavailable(str(exc))
