@@ -188,6 +188,34 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
     return stats
 
 
+_BLOCK = 4096
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def _write_at(fd: int, data: bytes, pos: int) -> None:
+    """Write ``data`` at ``pos``, skipping whole zero blocks so they stay holes (the file is
+    new, so anything not written reads as zeros)."""
+    n = len(data)
+    if n < 2 * _BLOCK or data.find(_ZERO_BLOCK) < 0:
+        _pwrite_all(fd, memoryview(data), pos)
+        return
+    view = memoryview(data)
+    seg = 0  # start of the pending non-zero segment
+    for off in range(0, n - _BLOCK + 1, _BLOCK):
+        if view[off:off + _BLOCK] == _ZERO_BLOCK:
+            if seg < off:
+                _pwrite_all(fd, view[seg:off], pos + seg)
+            seg = off + _BLOCK
+    if seg < n:
+        _pwrite_all(fd, view[seg:], pos + seg)
+
+
+def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
+    while view:
+        k = os.pwrite(fd, view, pos)
+        view, pos = view[k:], pos + k
+
+
 def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[str, Any], progress) -> int:
     size = int(node.get("size", 0))
     fd = os.open(full, os.O_WRONLY | os.O_NOFOLLOW)
@@ -196,22 +224,18 @@ def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[
         for item in node.get("content", []):
             if isinstance(item, dict):
                 pos += int(item["zero"])
-                os.lseek(fd, pos, os.SEEK_SET)
                 continue
             bid = bytes.fromhex(item)
             loc = repo.index.get(bid)
             if loc is None:
                 raise ResilienceError(f"{_show(full)}: blob {item[:16]} is missing from the repository (run verify)")
             data = fetcher.fetch(bid, loc)
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_at(fd, data, pos)
             pos += len(data)
             if progress is not None:
                 progress.add(0, len(data))
-        if pos != size or (node.get("content") and isinstance(node["content"][-1], dict)):
-            os.ftruncate(fd, size)  # a trailing hole: extend without writing
+        # Extends over trailing holes; a no-op when everything was written.
+        os.ftruncate(fd, size)
     finally:
         os.close(fd)
     if progress is not None:

@@ -1,0 +1,229 @@
+"""Restore reproduces everything the engine promises, on a hand-made tree of awkward cases."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from resilience.repository.backup import Backup
+from resilience.sources.local import LocalSource
+
+from ..fsutil import allocated, describe
+from .engine_helpers import backup, new_repo, reopen, roundtrip
+
+ROOT = os.geteuid() == 0
+
+
+def build_awkward_tree(base: Path) -> Path:
+    src = base / "site"
+    src.mkdir()
+    b = os.fsencode(src)
+    (src / "index.html").write_text("<h1>政府信息公开</h1>\n" * 100)
+    (src / "empty.txt").write_bytes(b"")
+    (src / "empty-dir").mkdir()
+    os.utime(src / "empty-dir", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    (src / "新闻").mkdir()
+    (src / "新闻" / "通知.html").write_text("通知 notice\n")
+    with open(b + b"/bad-\xff\xfe-name.bin", "wb") as f:
+        f.write(os.urandom(3000))
+    with open(b + b"/line\nbreak.txt", "wb") as f:
+        f.write(b"newline in the name")
+    # A sparse file: holes at the start, middle and end.
+    with open(src / "sparse.img", "wb") as f:
+        f.seek(50 << 20)
+        f.write(b"data in the middle" * 1000)
+        f.truncate(120 << 20)
+    big = os.urandom(3 << 20)
+    (src / "big.bin").write_bytes(big + big)  # repeated content: dedups within a file
+    (src / "copy-of-big.bin").write_bytes(big + big)  # and across files
+    os.symlink("index.html", src / "rel-link")
+    os.symlink("/etc/passwd", src / "abs-link")
+    os.symlink("does/not/exist", src / "dangling-link")
+    os.link(src / "index.html", src / "hard-link.html")
+    os.mkfifo(src / "a-fifo")
+    (src / "setuid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "setuid", 0o4755)
+    (src / "setgid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "setgid", 0o2750)
+    (src / "sticky").mkdir()
+    os.chmod(src / "sticky", 0o1777)
+    (src / "private").write_text("secret page")
+    os.chmod(src / "private", 0o600)
+    os.setxattr(src / "index.html", "user.checksum", b"\x00\x01binary")
+    os.setxattr(src / "新闻", "user.origin", "编辑部".encode())
+    if ROOT:
+        os.chown(src / "private", 1234, 5678)
+        os.lchown(src / "abs-link", 4321, 8765)
+    for p in (src / "index.html", src / "sparse.img"):
+        os.utime(p, ns=(1_700_000_000_000_000_001, 1_700_000_000_987_654_321))
+    return src
+
+
+def test_restore_reproduces_everything(tmp_path):
+    src = build_awkward_tree(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    dest = tmp_path / "restored"
+    _snap, stats = roundtrip(repo, src, dest)
+    assert not stats.errors
+    before, after = describe(src), describe(dest)
+    assert after == before
+    # Sparse stays sparse: 120 MiB apparent, well under 1 MiB allocated.
+    assert os.path.getsize(dest / "sparse.img") == 120 << 20
+    assert allocated(dest / "sparse.img") < (1 << 20)
+    # Hardlinks come back as hardlinks.
+    assert os.stat(dest / "index.html").st_ino == os.stat(dest / "hard-link.html").st_ino
+    assert stat.S_ISFIFO(os.lstat(dest / "a-fifo").st_mode)
+    assert os.readlink(dest / "dangling-link") == "does/not/exist"
+    if ROOT:
+        assert (os.stat(dest / "private").st_uid, os.stat(dest / "private").st_gid) == (1234, 5678)
+        assert os.lstat(dest / "abs-link").st_uid == 4321
+
+
+def test_dedup_within_and_across_files(tmp_path):
+    src = build_awkward_tree(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    _snap, stats = backup(repo, src)
+    # 2 files × 2 copies × 3 MiB of random data: the second file costs nothing and the repeat
+    # inside a file costs at most the chunks around the seam, so well under half is stored.
+    assert stats.bytes_total > (12 << 20)
+    assert stats.bytes_stored < (6 << 20)
+
+
+def test_unchanged_tree_reads_nothing_and_changed_file_only_is_read(tmp_path):
+    src = tmp_path / "site"
+    src.mkdir()
+    for i in range(50):
+        (src / f"page{i}.html").write_text(f"page {i} " * 500)
+    repo = new_repo(tmp_path / "repo")
+    s1, st1 = backup(repo, src)
+    assert st1.files_new == 50 and st1.bytes_read > 0
+    s2, st2 = backup(repo, src, parent=s1)
+    assert st2.files_unchanged == 50 and st2.bytes_read == 0 and st2.blobs_added == 0
+    assert s2.tree == s1.tree
+    (src / "page7.html").write_text("edited")
+    s3, st3 = backup(repo, src, parent=s2)
+    assert (st3.files_changed, st3.files_unchanged, st3.bytes_read) == (1, 49, len("edited"))
+
+
+def test_excludes(tmp_path):
+    src = tmp_path / "site"
+    (src / "cache" / "deep").mkdir(parents=True)
+    (src / "cache" / "deep" / "x.html").write_text("x")
+    (src / "news").mkdir()
+    (src / "news" / "a.html").write_text("a")
+    (src / "news" / "a.tmp").write_text("tmp")
+    (src / "keep.tmp.html").write_text("keep")
+    repo = new_repo(tmp_path / "repo")
+    snap, _ = backup(repo, src, exclude=["cache/**", "*.tmp"])
+    from resilience.repository.repo import iter_tree
+
+    paths = {p for p, _ in iter_tree(reopen(repo), snap.tree)}
+    assert paths == {b"cache", b"news", b"news/a.html", b"keep.tmp.html"}
+
+
+def test_files_vanishing_or_changing_during_backup_are_reported_not_fatal(tmp_path):
+    src = tmp_path / "site"
+    src.mkdir()
+    (src / "stays.html").write_text("stays")
+    (src / "vanishes.html").write_text("gone soon")
+    (src / "grows.log").write_text("line\n" * 10)
+
+    class RacingSource(LocalSource):
+        """The real local source, with the races an editor or a log writer cause."""
+
+        def open(self, files):
+            os.unlink(src / "vanishes.html")
+            with open(src / "grows.log", "a") as f:
+                f.write("one more line\n")
+            yield from super().open(files)
+
+    repo = new_repo(tmp_path / "repo")
+    snap, stats = Backup(repo, RacingSource(src), site="portal").run()
+    assert snap is not None and not stats.errors
+    assert any("vanishes.html: vanished" in w for w in stats.warnings)
+    assert any("grows.log: changed during the backup" in w for w in stats.warnings)
+    dest = tmp_path / "out"
+    fresh = reopen(repo)
+    from resilience.repository.restore import restore_to
+
+    restore_to(fresh, fresh.find_snapshot(snap.id), dest)
+    assert sorted(os.listdir(dest)) == ["grows.log", "stays.html"]
+    assert (dest / "grows.log").read_text().endswith("one more line\n")
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to run the backup as another user")
+def test_unreadable_file_is_an_error_but_the_rest_is_saved():
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    # pytest's tmp_path is private to root; the unprivileged backup needs a world-readable base.
+    base = Path(tempfile.mkdtemp(prefix="resilience-nobody-"))
+    try:
+        os.chmod(base, 0o755)
+        src = base / "site"
+        src.mkdir()
+        (src / "ok.html").write_text("ok")
+        (src / "locked.html").write_text("locked")
+        os.chmod(src / "locked.html", 0)
+        (base / "repo").mkdir(mode=0o777)
+        os.chmod(base / "repo", 0o777)
+        script = (
+            "import sys\n"
+            "from resilience.sources.local import LocalSource\n"
+            "from resilience.repository.backup import Backup\n"
+            "from resilience.repository.repo import Repository\n"
+            "from resilience.repository.store import LocalStore\n"
+            f"r = Repository.init(LocalStore({str(base / 'repo')!r}), b'pw')\n"
+            f"s, st = Backup(r, LocalSource({str(src)!r}), site='p').run()\n"
+            "print(s.id if s else None); print(st.errors)\n"
+            "sys.exit(3 if st.errors else 0)\n"
+        )
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               sys.executable, "-c", script], cwd=base, capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 3, proc.stderr
+        snap_id, errors = proc.stdout.splitlines()[:2]
+        assert len(snap_id) == 64  # the snapshot was still written
+        assert "locked.html: permission denied" in errors
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_restore_refuses_non_empty_destination_and_leaves_it_alone(tmp_path):
+    src = tmp_path / "site"
+    src.mkdir()
+    (src / "a.html").write_text("a")
+    repo = new_repo(tmp_path / "repo")
+    snap, _ = backup(repo, src)
+    dest = tmp_path / "live"
+    dest.mkdir()
+    (dest / "current.html").write_text("current")
+    from resilience.errors import UsageError
+    from resilience.repository.restore import restore_to
+
+    with pytest.raises(UsageError, match="not empty"):
+        restore_to(reopen(repo), snap, dest)
+    assert os.listdir(dest) == ["current.html"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".live.restore-")]
+
+
+def test_restore_include_patterns(tmp_path):
+    src = tmp_path / "site"
+    (src / "news" / "2026").mkdir(parents=True)
+    (src / "news" / "2026" / "a.html").write_text("a")
+    (src / "news" / "b.html").write_text("b")
+    (src / "index.html").write_text("i")
+    repo = new_repo(tmp_path / "repo")
+    snap, _ = backup(repo, src)
+    from resilience.repository.restore import restore_to
+    from resilience.sources.patterns import Matcher
+
+    dest = tmp_path / "out"
+    restore_to(reopen(repo), snap, dest, include=Matcher(["news/2026/**"]))
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert got == ["news", "news/2026", "news/2026/a.html"]
