@@ -65,16 +65,29 @@ def _start_host_services(name: str) -> list[str]:
 
 
 def up(progress: Progress | None = None) -> dict:
-    """Bring the whole lab up (idempotent); return {"elapsed_s", "changed", "status"}.
+    """Bring the whole lab up (idempotent); return {"elapsed_s", "phases_s", "changed",
+    "status"}.
 
     Raises UsageError when not root or a required program is missing (with the apt-get
     line), ResilienceError when a host or service cannot be brought up.
     """
-    say = progress or (lambda _m: None)
     t0 = time.monotonic()
+    phases: dict[str, float] = {}
+    mark = [t0]
+
+    def say(step: str) -> None:
+        # Time spent in the step that just ended, and progress for -v.
+        now = time.monotonic()
+        if len(mark) > 1:
+            phases[mark[1]] = round(now - mark[0], 2)
+        mark[:] = [now, step]
+        if progress:
+            progress(step)
+
     preflight("up")
     changed: list[str] = []
     with lab_lock():
+        say("keys")
         for sub in ("hosts", "evidence"):
             (L.lab_dir() / sub).mkdir(parents=True, exist_ok=True)
         before = {p: L.secret_path(p).exists() for p in L.SECRET_FILES}
@@ -113,12 +126,15 @@ def up(progress: Progress | None = None) -> dict:
         changed += provision.ensure_database()
         changed += provision.ensure_bucket()
 
+        say("health check")
         st = collect_status()
+        say("done")
     bad = [n for n, h in st["hosts"].items() if not h["healthy"]]
     if bad:
         raise ResilienceError(f"lab is up but not healthy: {', '.join(bad)} "
                               "(see: resilience lab status)", details={"status": st})
-    return {"elapsed_s": round(time.monotonic() - t0, 2), "changed": changed, "status": st}
+    return {"elapsed_s": round(time.monotonic() - t0, 2), "phases_s": phases, "changed": changed,
+            "status": st}
 
 
 def leftovers() -> dict[str, list]:

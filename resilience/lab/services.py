@@ -187,6 +187,9 @@ def _haproxy_start(host: str) -> None:
     enter = enter_argv(host)
     cfg = "/etc/haproxy/haproxy.cfg"
     run([*enter, "haproxy", "-c", "-q", "-f", cfg], env=HOST_ENV, what="haproxy -c")
+    # A fresh start is a boot, not a reload: a state file left by an earlier run would bring
+    # back its drain/maint settings (and surprise the next test).
+    (L.haproxy_run_dir() / "server-state").unlink(missing_ok=True)
     # Master-worker in the foreground (-W): the master stays, so `kill -USR2 <master>`
     # (or `reload` on the master socket) reloads without dropping the listener.
     pid = spawn([*enter, "haproxy", "-W", "-f", cfg, "-p", "/run/haproxy/haproxy.pid",

@@ -44,3 +44,11 @@ def lab():
         return lab_api.status()
     except ResilienceError as exc:
         _unavailable(str(exc))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tear-down tests run after every other test of the session, wherever those live (other
+    folders' lab tests need the lab up)."""
+    last = [i for i in items if i.path.name == "test_zz_down.py"]
+    if last:
+        items[:] = [i for i in items if i.path.name != "test_zz_down.py"] + last

@@ -85,3 +85,36 @@ def test_haproxy_runtime_api(lab):
     rows = [dict(zip(header, ln.split(","), strict=False)) for ln in stat.splitlines()[1:] if ln]
     portal = {r["svname"]: r["status"] for r in rows if r.get("pxname") == "portal"}
     assert portal["web1"] == "UP" and portal["web2"] == "UP"
+
+
+def test_haproxy_reload_keeps_the_server_state(lab):
+    import socket
+    import time
+
+    run_dir = L.haproxy_run_dir()
+    master_before = (run_dir / "haproxy.pid").read_text().strip()
+    worker_before = haproxy_command("show info")
+    try:
+        haproxy_command("set server portal/web2 state maint")
+        (run_dir / "server-state").write_text(haproxy_command("show servers state"))
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(run_dir / "master.sock"))
+            s.sendall(b"reload\n")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                info = haproxy_command("show info")
+            except OSError:
+                info = worker_before
+            pid_line = next(ln for ln in info.splitlines() if ln.startswith("Pid:"))
+            if pid_line not in worker_before:
+                break  # a new worker answers
+            assert time.monotonic() < deadline, "HAProxy did not reload"
+            time.sleep(0.2)
+        assert (run_dir / "haproxy.pid").read_text().strip() == master_before
+        stat = haproxy_command("show stat")
+        web2 = next(ln.split(",") for ln in stat.splitlines() if ln.startswith("portal,web2,"))
+        assert web2[17] == "MAINT"
+    finally:
+        haproxy_command("set server portal/web2 state ready")
+        (run_dir / "server-state").unlink(missing_ok=True)
