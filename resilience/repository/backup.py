@@ -196,35 +196,49 @@ class Backup:
             adopted = self.repo.adopt_orphans()
             stats.orphan_packs_adopted = len(adopted)
 
-        entries = list(self.source.entries())
-        root_entry = entries[0]
         nodes: dict[bytes, dict[str, Any]] = {}
         children: dict[bytes, list[bytes]] = {b"": []}
         parent_root = {"subtree": self.parent.tree} if self.parent else None
         old_dirs: dict[bytes, dict[bytes, dict[str, Any]]] = {b"": self._parent_children(parent_root)}
+        self._old_subtrees: dict[bytes, str | None] = {b"": self.parent.tree if self.parent else None}
+        self._reused: set[bytes] = set()
         to_read: list[Entry] = []
         hardlinks: dict[tuple[int, int], bytes] = {}
         links_later: list[tuple[bytes, bytes]] = []
         self.progress.phase = "scanning"
 
-        for e in entries[1:]:
-            node = e.node()
+        entries = self.source.entries(lambda folder: old_dirs.get(folder, {}))
+        root_entry = next(entries)
+        for e in entries:
+            old = e.reuse if e.reuse is not None else old_dirs.get(e.parent, {}).get(e.name)
+            if e.reuse is not None:
+                # Unchanged: the parent's node as is (a copy for folders, which get a subtree).
+                node = dict(e.reuse) if e.type == DIR else e.reuse
+                self._reused.add(e.path)
+            else:
+                node = e.node()
             nodes[e.path] = node
             children.setdefault(e.parent, []).append(e.path)
-            old = old_dirs.get(e.parent, {}).get(e.name)
             if e.type == DIR:
                 stats.dirs += 1
                 children.setdefault(e.path, [])
-                old_dirs[e.path] = self._parent_children(old if old and old.get("type") == DIR else None)
+                old_dir = old if old and old.get("type") == DIR else None
+                old_dirs[e.path] = self._parent_children(old_dir)
+                self._old_subtrees[e.path] = old_dir.get("subtree") if old_dir else None
             elif e.type == FILE:
                 stats.bytes_total += e.size
                 first = hardlinks.get((e.dev, e.inode)) if e.nlink > 1 else None
                 if first is not None:
-                    links_later.append((e.path, first))
+                    if e.reuse is None:
+                        links_later.append((e.path, first))
+                    else:
+                        stats.files_unchanged += 1
                     continue
                 if e.nlink > 1:
                     hardlinks[(e.dev, e.inode)] = e.path
-                if unchanged(old, e):
+                if e.reuse is not None:
+                    stats.files_unchanged += 1
+                elif unchanged(old, e):
                     node["content"] = old["content"]
                     stats.files_unchanged += 1
                 else:
@@ -235,6 +249,7 @@ class Backup:
                         stats.files_changed += 1
             else:
                 stats.other += 1
+        self._old_counts = {path: len(olds) for path, olds in old_dirs.items()}
 
         self.progress.files_total = len(to_read)
         self.progress.bytes_total = sum(e.size for e in to_read)
@@ -334,13 +349,27 @@ class Backup:
 
     def _save_trees(self, children: dict[bytes, list[bytes]], nodes: dict[bytes, dict[str, Any]]) -> str:
         # Deepest folders first, so every subtree id is known before its parent is encoded.
+        # A folder whose entries are exactly the parent snapshot's keeps its old subtree id
+        # without being encoded again: an unchanged tree costs a walk, not a rewrite.
+        root_id = ""
         for path in sorted(children, key=lambda p: -p.count(b"/") if p else 1):
+            kids = children[path]
+            old = self._old_subtrees.get(path)
+            clean = (
+                old is not None
+                and len(kids) == self._old_counts.get(path, -1)
+                and all(k in self._reused and (nodes[k]["type"] != DIR or nodes[k].get("subtree") == self._old_subtrees.get(k))
+                        for k in kids)
+            )
+            if clean:
+                tree_id = old
+            else:
+                tree_id = self.writer.store(blobs.TREE, encode_tree([nodes[c] for c in kids])).hex()
             if path == b"":
-                continue
-            raw = encode_tree([nodes[c] for c in children[path]])
-            nodes[path]["subtree"] = self.writer.store(blobs.TREE, raw).hex()
-        raw = encode_tree([nodes[c] for c in children[b""]])
-        return self.writer.store(blobs.TREE, raw).hex()
+                root_id = tree_id
+            else:
+                nodes[path]["subtree"] = tree_id
+        return root_id
 
 
 def _read_all(f, expected: int) -> bytes:

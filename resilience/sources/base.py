@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from ..repository.tree import set_bytes
 
 Opener = Callable[[], BinaryIO]
+Previous = Callable[[bytes], dict[bytes, dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -39,6 +40,8 @@ class Entry:
     target: bytes | None = None
     rdev: int | None = None
     xattrs: dict[str, bytes] | None = None
+    #: the parent snapshot's node, when the source found the entry unchanged (see Source.entries)
+    reuse: dict[str, Any] | None = None
 
     @property
     def name(self) -> bytes:
@@ -71,6 +74,20 @@ class Entry:
         return n
 
 
+def same_stat(old: dict[str, Any] | None, kind: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
+              dev: int) -> bool:
+    """True when ``old`` (a parent snapshot node) matches this stat exactly."""
+    return (
+        old is not None
+        and old.get("type") == kind
+        and old.get("ctime_ns") == ctime_ns
+        and old.get("mtime_ns") == mtime_ns
+        and old.get("inode") == inode
+        and old.get("dev") == dev
+        and (kind != "file" or (old.get("size") == size and "content" in old))
+    )
+
+
 @dataclass
 class SourceReport:
     """What went wrong without stopping the backup: vanished, changed or unreadable entries."""
@@ -89,8 +106,14 @@ class Source(ABC):
         """What the snapshot records about the source: kind, host, path, listed_at…"""
 
     @abstractmethod
-    def entries(self) -> Iterator[Entry]:
-        """Every entry, root (``b""``) first, each folder before its contents."""
+    def entries(self, previous: Previous | None = None) -> Iterator[Entry]:
+        """Every entry, root (``b""``) first, each folder before its contents.
+
+        ``previous(folder)`` returns the parent snapshot's nodes of a folder by name; it is
+        answerable for a folder once that folder's own entry has been yielded. A source may
+        use it to skip work for entries whose stat is unchanged (same type, size, mtime ns,
+        ctime ns, inode, device: ctime moves on any chmod, chown, xattr or link change) by
+        yielding ``Entry(path, type, reuse=old_node)``."""
 
     @abstractmethod
     def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import UsageError
-from .base import Entry, Opener, Source, SourceReport
+from .base import Entry, Opener, Previous, Source, SourceReport, same_stat
 from .patterns import Matcher
 
 
@@ -100,6 +100,7 @@ class LocalSource(Source):
         self.exclude = Matcher(exclude or [])
         self.report = SourceReport()
         self.listed_at: str | None = None
+        self._previous: Previous | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "files", "host": "localhost", "path": os.fsdecode(self.root),
@@ -108,7 +109,8 @@ class LocalSource(Source):
     def _full(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self, previous: Previous | None = None) -> Iterator[Entry]:
+        self._previous = previous
         self.listed_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
             st = os.lstat(self.root)
@@ -125,6 +127,7 @@ class LocalSource(Source):
 
     def _walk(self, rel: bytes) -> Iterator[Entry]:
         full = self._full(rel)
+        olds = self._previous(rel) if self._previous else {}
         try:
             with os.scandir(full) as it:
                 names = sorted(e.name for e in it)
@@ -147,6 +150,15 @@ class LocalSource(Source):
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
             if self.exclude and self.exclude.match_exact(child, is_dir):
+                continue
+            old = olds.get(name)
+            if old is not None and same_stat(old, _type(st.st_mode), st.st_size, st.st_mtime_ns,
+                                             st.st_ctime_ns, st.st_ino, st.st_dev):
+                # Unchanged since the parent snapshot: skip readlink/xattrs/name lookups.
+                yield Entry(child, old["type"], size=old.get("size", 0), inode=st.st_ino, dev=st.st_dev,
+                            nlink=st.st_nlink, reuse=old)
+                if is_dir:
+                    yield from self._walk(child)
                 continue
             try:
                 e = entry_from_stat(child, cfull, st)

@@ -227,3 +227,33 @@ def test_restore_include_patterns(tmp_path):
     restore_to(reopen(repo), snap, dest, include=Matcher(["news/2026/**"]))
     got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
     assert got == ["news", "news/2026", "news/2026/a.html"]
+
+
+def test_changes_hidden_from_mtime_are_still_detected(tmp_path):
+    """Same size and a reset mtime (an attacker's trick) still change ctime: detected."""
+    src = tmp_path / "site"
+    (src / "a" / "b").mkdir(parents=True)
+    page = src / "a" / "b" / "page.html"
+    page.write_text("original!")
+    (src / "a" / "mode.html").write_text("m")
+    repo = new_repo(tmp_path / "repo")
+    s1, _ = backup(repo, src)
+    st = os.stat(page)
+    page.write_text("DEFACED!!")  # same length
+    os.utime(page, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.chmod(src / "a" / "mode.html", 0o600)
+    os.setxattr(src / "a" / "b", "user.new", b"1")
+    fresh = reopen(repo)
+    s2, st2 = backup(fresh, src, parent=fresh.find_snapshot(s1.id))
+    # ctime moved on both: both are re-read (the chmod-only one costs a read, not a store).
+    assert st2.files_changed == 2 and st2.bytes_added < 2000
+    from resilience.actions.browse import diff
+
+    d = diff(reopen(repo), s1, s2)
+    assert d["changed"] == ["a/b/page.html"]
+    assert d["metadata"] == ["a/b", "a/mode.html"]
+    dest = tmp_path / "out"
+    from resilience.repository.restore import restore_to
+
+    restore_to(reopen(repo), s2, dest)
+    assert describe(dest) == describe(src)
