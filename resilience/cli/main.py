@@ -87,6 +87,9 @@ def _report(message: str, code: int, details: dict | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every error into one line and an exit code."""
+    from ..runtime import tune_malloc
+
+    tune_malloc()
     ctx_obj = AppContext()
     code: int = ExitCode.OK
     try:

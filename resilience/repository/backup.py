@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -112,7 +112,7 @@ class Backup:
                  on_index: Callable[[str], None] | None = None):
         self.repo, self.source, self.site, self.parent = repo, source, site, parent
         self.kind, self.tags, self.meta, self.dry_run = kind, tags or [], meta or {}, dry_run
-        self.workers = workers or min(4, (os.cpu_count() or 2) + 1)
+        self.workers = workers or int(os.environ.get("RESILIENCE_WORKERS", "0")) or max(2, min(4, os.cpu_count() or 2))
         self.progress = progress or Progress()
         self.stats = BackupStats()
         self.writer: BlobWriter = _DryWriter(repo) if dry_run else repo.writer()
@@ -305,47 +305,48 @@ class Backup:
     def _read_files(self, files: list[Entry], nodes: dict[bytes, dict[str, Any]], vanished: set[bytes]) -> None:
         if not files:
             return
-        inflight: set[Future] = set()
-        limit = self.workers * 4
+        # Bounded hand-off: at most a few files per worker are read ahead, which bounds memory.
+        slots = threading.BoundedSemaphore(self.workers * 2)
+        errors: list[BaseException] = []
 
         def job(e: Entry, opener: Opener | None) -> None:
-            if opener is None:
-                vanished.add(e.path)
-                return
             try:
-                content, size = self._store_file(e, opener)
-            except FileNotFoundError:
-                self._warn(f"{_show(e.path)}: vanished during the backup")
-                vanished.add(e.path)
-                return
-            except PermissionError:
-                self._error(f"{_show(e.path)}: permission denied")
-                vanished.add(e.path)
-                return
-            except OSError as exc:
-                self._error(f"{_show(e.path)}: {exc.strerror or exc}")
-                vanished.add(e.path)
-                return
-            node = nodes[e.path]
-            node["content"] = content
-            node["size"] = size
-            node["mtime_ns"], node["ctime_ns"] = e.mtime_ns, e.ctime_ns
-            self.progress.add(1, 0)
+                if opener is None:
+                    vanished.add(e.path)
+                    return
+                try:
+                    content, size = self._store_file(e, opener)
+                except FileNotFoundError:
+                    self._warn(f"{_show(e.path)}: vanished during the backup")
+                    vanished.add(e.path)
+                    return
+                except PermissionError:
+                    self._error(f"{_show(e.path)}: permission denied")
+                    vanished.add(e.path)
+                    return
+                except OSError as exc:
+                    self._error(f"{_show(e.path)}: {exc.strerror or exc}")
+                    vanished.add(e.path)
+                    return
+                node = nodes[e.path]
+                node["content"] = content
+                node["size"] = size
+                node["mtime_ns"], node["ctime_ns"] = e.mtime_ns, e.ctime_ns
+                self.progress.add(1, 0)
+            except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread
+                errors.append(exc)
+            finally:
+                slots.release()
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="backup") as pool:
-            try:
-                for e, opener in self.source.open(files):
-                    if len(inflight) >= limit:
-                        done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                        for f in done:
-                            f.result()
-                    inflight.add(pool.submit(job, e, opener))
-                for f in inflight:
-                    f.result()
-            except BaseException:
-                for f in inflight:
-                    f.cancel()
-                raise
+            for e, opener in self.source.open(files):
+                slots.acquire()
+                if errors:
+                    slots.release()
+                    break
+                pool.submit(job, e, opener)
+        if errors:
+            raise errors[0]
 
     def _save_trees(self, children: dict[bytes, list[bytes]], nodes: dict[bytes, dict[str, Any]]) -> str:
         # Deepest folders first, so every subtree id is known before its parent is encoded.

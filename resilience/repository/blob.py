@@ -1,19 +1,24 @@
-"""Blob encoding: compress (zstd, skipped when it does not pay), then seal with the blob id.
+"""Blob encoding: compress (zstd, skipped when it does not pay), then encrypt.
 
-Sealed blob = seal(flag ‖ payload, aad = type ‖ id), flag 0 = stored, 1 = zstd. Binding the id
-and type into the AEAD means a blob moved, swapped or retyped inside a pack fails to open.
+A stored blob is ``flag(1) ‖ nonce(12) ‖ AES-256-GCM(payload) ‖ tag(16)`` with flag 0 = stored
+as is, 1 = zstd, and additional data ``type ‖ id ‖ flag``. Binding id, type and flag into the
+AEAD means a blob that is moved, swapped, retyped or re-flagged fails to open. The flag sits
+outside the ciphertext so the payload never has to be copied to prepend it: a 1 MiB image
+goes from the read buffer through AES-GCM into the pack with no intermediate copies.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import zstandard
 
-from .crypto import MasterKey
+from .crypto import NONCE, OVERHEAD, DecryptError, MasterKey
 
 DATA, TREE = 0, 1
 RAW, ZSTD = 0, 1
+HEAD = 1 + NONCE
 _SAMPLE = 8192
 _local = threading.local()
 
@@ -35,31 +40,27 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes | memoryview, level: int) -> bytes:
-    """``flag ‖ payload``: zstd when it saves space, else stored. Incompressible data (images,
-    archives) is detected on a sample first so it does not pay for a full compression pass."""
+def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes | memoryview]:
+    """(flag, payload): zstd when it saves space, else the data itself (not copied).
+    Incompressible data (images, archives) is detected on a sample first so it does not pay
+    for a full compression pass."""
     comp = _compressor(level)
     n = len(data)
-    if n >= 4 * _SAMPLE:
-        sample = memoryview(data)[:_SAMPLE]
-        if len(comp.compress(sample)) > _SAMPLE * 0.97:
-            return bytes((RAW,)) + bytes(data)
+    if n >= 4 * _SAMPLE and len(comp.compress(memoryview(data)[:_SAMPLE])) > _SAMPLE * 0.97:
+        return RAW, data
     if n >= 64:
         packed = comp.compress(data)
         if len(packed) < n:
-            return bytes((ZSTD,)) + packed
-    return bytes((RAW,)) + bytes(data)
+            return ZSTD, packed
+    return RAW, data
 
 
-def decompress(payload: bytes, raw_len: int) -> bytes:
+def decompress(flag: int, payload: bytes | memoryview, raw_len: int) -> bytes | memoryview:
     """Undo :func:`compress`; ValueError on an unknown flag or a length mismatch."""
-    if not payload:
-        raise ValueError("empty blob payload")
-    flag = payload[0]
     if flag == RAW:
-        out = payload[1:]
+        out = payload
     elif flag == ZSTD:
-        out = _decompressor().decompress(payload[1:], max_output_size=max(raw_len, 1))
+        out = _decompressor().decompress(payload, max_output_size=max(raw_len, 1))
     else:
         raise ValueError(f"unknown compression flag {flag}")
     if len(out) != raw_len:
@@ -67,15 +68,30 @@ def decompress(payload: bytes, raw_len: int) -> bytes:
     return out
 
 
-def aad(kind: int, blob_id: bytes) -> bytes:
-    return bytes((kind,)) + blob_id
+def aad(kind: int, blob_id: bytes, flag: int) -> bytes:
+    return bytes((kind,)) + blob_id + bytes((flag,))
 
 
-def seal_blob(key: MasterKey, kind: int, blob_id: bytes, data: bytes | memoryview, level: int) -> bytes:
-    """Compress and encrypt one blob for storage in a pack."""
-    return key.seal(compress(data, level), aad(kind, blob_id))
+def seal_blob(key: MasterKey, kind: int, blob_id: bytes, data: bytes | memoryview, level: int) -> tuple[bytes, bytes]:
+    """Compress and encrypt one blob; returns (head, body) whose concatenation is stored."""
+    flag, payload = compress(data, level)
+    nonce = os.urandom(NONCE)
+    body = key.aead.encrypt(nonce, payload, aad(kind, blob_id, flag))
+    return bytes((flag,)) + nonce, body
 
 
-def open_blob(key: MasterKey, kind: int, blob_id: bytes, sealed: bytes, raw_len: int) -> bytes:
+def sealed_length(head_body: tuple[bytes, bytes]) -> int:
+    return len(head_body[0]) + len(head_body[1])
+
+
+def open_blob(key: MasterKey, kind: int, blob_id: bytes, sealed: bytes | memoryview, raw_len: int) -> bytes | memoryview:
     """Decrypt and decompress one stored blob (DecryptError / ValueError if damaged)."""
-    return decompress(key.open(sealed, aad(kind, blob_id)), raw_len)
+    if len(sealed) < 1 + OVERHEAD:
+        raise DecryptError("blob too short")
+    mv = memoryview(sealed)
+    flag = mv[0]
+    try:
+        plain = key.aead.decrypt(mv[1:HEAD], mv[HEAD:], aad(kind, blob_id, flag))
+    except Exception as exc:  # InvalidTag, or a malformed buffer
+        raise DecryptError("authentication failed") from exc
+    return decompress(flag, plain, raw_len)

@@ -99,7 +99,7 @@ def verify(repo: Repository, *, read_data: float = 0.0, rng: random.Random | Non
                 h = header.get(bid)
                 if header and (h is None or (h.offset, h.length) != (loc.offset, loc.length)):
                     errs.append(f"pack {pack_id[:16]}: header disagrees with the index for blob {bid.hex()[:16]}")
-                sealed = data[loc.offset:loc.offset + loc.length]
+                sealed = memoryview(data)[loc.offset:loc.offset + loc.length]
                 try:
                     plain = open_blob(repo.key, loc.kind, bid, sealed, loc.raw_length)
                     if repo.key.blob_id(plain) != bid:

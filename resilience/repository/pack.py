@@ -42,10 +42,13 @@ class PackBuilder:
         self.entries: list[PackedBlob] = []
         self.size = 0
 
-    def add(self, kind: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(PackedBlob(kind, blob_id, self.size, len(sealed), raw_length))
-        self.parts.append(sealed)
-        self.size += len(sealed)
+    def add(self, kind: int, blob_id: bytes, sealed: bytes | memoryview | tuple[bytes, ...], raw_length: int) -> None:
+        """Append a sealed blob, given whole or as parts to be stored back to back."""
+        parts = sealed if isinstance(sealed, tuple) else (sealed,)
+        length = sum(len(p) for p in parts)
+        self.entries.append(PackedBlob(kind, blob_id, self.size, length, raw_length))
+        self.parts.extend(parts)
+        self.size += length
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -53,7 +56,8 @@ class PackBuilder:
     def finish(self, key: MasterKey) -> tuple[str, bytes, list[PackedBlob]]:
         header = b"".join(_ENTRY.pack(e.kind, e.length, e.raw_length, e.id) for e in self.entries)
         sealed = key.seal(header, HEADER_AAD)
-        data = b"".join(self.parts) + sealed + struct.pack("<I", len(sealed))
+        self.parts += [sealed, struct.pack("<I", len(sealed))]
+        data = b"".join(self.parts)
         self.parts = []
         return hashlib.sha256(data).hexdigest(), data, self.entries
 

@@ -70,17 +70,19 @@ def read_password(password_file: str | os.PathLike | None) -> bytes:
 
 
 def _zc(data: bytes) -> bytes:
-    return blobs.compress(data, 3)
+    """Compress a sealed JSON object (config, index, snapshot): a zstd frame."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3).compress(data)
 
 
 def _zd(payload: bytes) -> bytes:
-    if not payload:
-        raise ValueError("empty payload")
-    if payload[0] == blobs.RAW:
-        return payload[1:]
     import zstandard
 
-    return zstandard.ZstdDecompressor().decompress(payload[1:], max_output_size=1 << 31)
+    try:
+        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=1 << 31)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"bad compressed data: {exc}") from None
 
 
 class Repository:
@@ -292,7 +294,7 @@ class Repository:
         if len(sealed) != loc.length:
             raise DamagedError(f"pack {loc.pack[:16]} is truncated")
         try:
-            return blobs.open_blob(self.key, loc.kind, blob_id, bytes(sealed), loc.raw_length)
+            return blobs.open_blob(self.key, loc.kind, blob_id, sealed, loc.raw_length)
         except (DecryptError, ValueError) as exc:
             raise DamagedError(f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}: {exc}") from None
 
@@ -401,6 +403,7 @@ class BlobWriter:
         """Seal and queue a blob the caller has claimed."""
         sealed = blobs.seal_blob(self.repo.key, kind, blob_id, data, self.repo.compression)
         full = None
+        # (head, body): stored back to back, never concatenated in memory
         with self._lock:
             b = self._builders[kind]
             b.add(kind, blob_id, sealed, len(data))
