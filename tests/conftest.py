@@ -17,6 +17,12 @@ class Result:
     err: str
 
 
+@pytest.fixture(autouse=True)
+def _private_state(monkeypatch, tmp_path_factory):
+    """Every test keeps its caches and default evidence folder to itself."""
+    monkeypatch.setenv("RESILIENCE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def cli(capsys, monkeypatch, tmp_path):
     """Run ``resilience ARGS…`` in this process; returns a Result. State goes to tmp_path."""

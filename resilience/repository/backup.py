@@ -22,13 +22,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import ResilienceError
 from ..sources.base import Entry, Opener, Source
 from . import blob as blobs
+from . import statcache
 from .chunker import Chunker
+from .parent import ParentView, node_key, stat_key
 from .repo import BlobWriter, Repository
 from .snapshot import Snapshot, now_time
-from .tree import DIR, FILE, encode_tree, node_name
+from .tree import DIR, FILE, encode_tree
 
 WHOLE_READ = 16 << 20  # files up to this size are read in one call and cut in memory
 _ZEROS = bytes(8 << 20)
@@ -84,20 +85,6 @@ class _DryWriter(BlobWriter):
         return None
 
 
-def unchanged(old: dict[str, Any] | None, e: Entry) -> bool:
-    """True when the parent snapshot's node describes the same file content as ``e``."""
-    return (
-        old is not None
-        and old.get("type") == FILE
-        and e.type == FILE
-        and old.get("size") == e.size
-        and old.get("mtime_ns") == e.mtime_ns
-        and old.get("ctime_ns") == e.ctime_ns
-        and old.get("inode") == e.inode
-        and "content" in old
-    )
-
-
 def _is_zero(piece) -> bool:
     n = len(piece)
     return n >= 4096 and piece[0] == 0 and piece[n - 1] == 0 and piece == _ZEROS[:n]
@@ -118,16 +105,6 @@ class Backup:
         self.writer: BlobWriter = _DryWriter(repo) if dry_run else repo.writer()
         self._local = threading.local()
         self._errors_lock = threading.Lock()
-
-    # -- parent lookups -------------------------------------------------------------------------
-
-    def _parent_children(self, parent_dir: dict[str, Any] | None) -> dict[bytes, dict[str, Any]]:
-        if not parent_dir or not parent_dir.get("subtree"):
-            return {}
-        try:
-            return {node_name(n): n for n in self.repo.tree(parent_dir["subtree"])}
-        except ResilienceError:
-            return {}  # a damaged parent only costs re-reading; it must not stop a backup
 
     # -- file content -----------------------------------------------------------------------------
 
@@ -190,66 +167,68 @@ class Backup:
         t0 = time.monotonic()
         stats = self.stats
         adopted: dict = {}
-        if not self.repo.index_loaded:
-            self.repo.load_index()
-        if not self.dry_run:
-            adopted = self.repo.adopt_orphans()
-            stats.orphan_packs_adopted = len(adopted)
+
+        def prepare_index() -> None:
+            # Only when something has to be stored: an unchanged tree never reads the index.
+            if not self.repo.index_loaded:
+                self.repo.load_index()
+            if not self.dry_run:
+                adopted.update(self.repo.adopt_orphans())
+                stats.orphan_packs_adopted = len(adopted)
+
+        self.writer.prepare = prepare_index
+        source_path = str(self.source.describe().get("path", ""))
+        cache = statcache.load(self.repo, self.site, source_path, self.parent.id) if self.parent else None
+        view = self.view = ParentView(self.repo, self.parent, cache)
 
         nodes: dict[bytes, dict[str, Any]] = {}
+        kinds: dict[bytes, str] = {}
         children: dict[bytes, list[bytes]] = {b"": []}
-        parent_root = {"subtree": self.parent.tree} if self.parent else None
-        old_dirs: dict[bytes, dict[bytes, dict[str, Any]]] = {b"": self._parent_children(parent_root)}
-        self._old_subtrees: dict[bytes, str | None] = {b"": self.parent.tree if self.parent else None}
-        self._reused: set[bytes] = set()
+        reused: set[bytes] = set()
         to_read: list[Entry] = []
         hardlinks: dict[tuple[int, int], bytes] = {}
         links_later: list[tuple[bytes, bytes]] = []
         self.progress.phase = "scanning"
 
-        entries = self.source.entries(lambda folder: old_dirs.get(folder, {}))
+        entries = self.source.entries(view.stats)
         root_entry = next(entries)
         for e in entries:
-            old = e.reuse if e.reuse is not None else old_dirs.get(e.parent, {}).get(e.name)
-            if e.reuse is not None:
-                # Unchanged: the parent's node as is (a copy for folders, which get a subtree).
-                node = dict(e.reuse) if e.type == DIR else e.reuse
-                self._reused.add(e.path)
+            path, parent = e.path, e.parent
+            kinds[path] = e.type
+            children[parent].append(path)
+            if e.type == DIR:
+                children[path] = []
+            if e.reuse:
+                reused.add(path)
             else:
-                node = e.node()
-            nodes[e.path] = node
-            children.setdefault(e.parent, []).append(e.path)
+                nodes[path] = e.node()
             if e.type == DIR:
                 stats.dirs += 1
-                children.setdefault(e.path, [])
-                old_dir = old if old and old.get("type") == DIR else None
-                old_dirs[e.path] = self._parent_children(old_dir)
-                self._old_subtrees[e.path] = old_dir.get("subtree") if old_dir else None
             elif e.type == FILE:
                 stats.bytes_total += e.size
                 first = hardlinks.get((e.dev, e.inode)) if e.nlink > 1 else None
-                if first is not None:
-                    if e.reuse is None:
-                        links_later.append((e.path, first))
-                    else:
-                        stats.files_unchanged += 1
+                if first is not None and not e.reuse:
+                    links_later.append((path, first))
                     continue
                 if e.nlink > 1:
-                    hardlinks[(e.dev, e.inode)] = e.path
-                if e.reuse is not None:
+                    hardlinks.setdefault((e.dev, e.inode), path)
+                if e.reuse:
                     stats.files_unchanged += 1
-                elif unchanged(old, e):
-                    node["content"] = old["content"]
-                    stats.files_unchanged += 1
+                    continue
+                old_key = view.stats(parent).get(e.name)
+                if old_key is not None and old_key == stat_key(FILE, e.size, e.mtime_ns, e.ctime_ns, e.inode, e.dev):
+                    old = view.nodes(parent).get(e.name)
+                    if old is not None and "content" in old:
+                        nodes[path]["content"] = old["content"]
+                        stats.files_unchanged += 1
+                        continue
+                to_read.append(e)
+                if old_key is None or old_key[0] != FILE:
+                    stats.files_new += 1
                 else:
-                    to_read.append(e)
-                    if old is None or old.get("type") != FILE:
-                        stats.files_new += 1
-                    else:
-                        stats.files_changed += 1
+                    stats.files_changed += 1
             else:
                 stats.other += 1
-        self._old_counts = {path: len(olds) for path, olds in old_dirs.items()}
 
         self.progress.files_total = len(to_read)
         self.progress.bytes_total = sum(e.size for e in to_read)
@@ -261,15 +240,16 @@ class Backup:
                 if first in vanished:
                     vanished.add(path)
                     continue
-                nodes[path]["content"] = nodes[first]["content"]
-                nodes[path]["size"] = nodes[first]["size"]
+                src = nodes[first] if first in nodes else view.nodes(first.rpartition(b"/")[0])[first.rpartition(b"/")[2]]
+                nodes[path]["content"] = src["content"]
+                nodes[path]["size"] = src["size"]
             for path in vanished:
                 nodes.pop(path, None)
-                siblings = children.get(path.rsplit(b"/", 1)[0] if b"/" in path else b"", [])
+                siblings = children[path.rpartition(b"/")[0]]
                 if path in siblings:
                     siblings.remove(path)
             self.progress.phase = "trees"
-            root_tree = self._save_trees(children, nodes)
+            subtrees = self._save_trees(children, nodes, kinds, reused)
             self.progress.phase = "finishing"
             self.writer.flush()
         except BaseException:
@@ -293,14 +273,30 @@ class Backup:
         source = self.source.describe()
         source["root"] = root_node
         snap = Snapshot(
-            time=now_time(), tree=root_tree, site=self.site, kind=self.kind, source=source,
+            time=now_time(), tree=subtrees[b""], site=self.site, kind=self.kind, source=source,
             hostname=socket.gethostname(), username=_username(), parent=self.parent.id if self.parent else None,
             tags=self.tags, meta=self.meta, program_version=__version__,
             summary={k: v for k, v in stats.as_dict().items() if k not in ("warnings", "errors")}
             | {"warnings": len(stats.warnings), "errors": len(stats.errors)},
         )
         self.repo.save_snapshot(snap)
+        statcache.save(self.repo, self.site, source_path, snap.id,
+                       self._cache(children, nodes, reused, subtrees))
         return snap, stats
+
+    def _cache(self, children: dict[bytes, list[bytes]], nodes: dict[bytes, dict[str, Any]], reused: set[bytes],
+               subtrees: dict[bytes, str]) -> dict:
+        """The stat cache of the snapshot just written: folder -> (tree id, {name: stat key})."""
+        view = self.view
+        out = {}
+        for folder, kids in children.items():
+            old = view.stats(folder) if any(k in reused for k in kids) else {}
+            keys = {}
+            for k in kids:
+                name = k.rpartition(b"/")[2]
+                keys[name] = old[name] if k in reused else node_key(nodes[k])
+            out[folder] = (subtrees[folder], keys)
+        return out
 
     def _read_files(self, files: list[Entry], nodes: dict[bytes, dict[str, Any]], vanished: set[bytes]) -> None:
         if not files:
@@ -348,29 +344,39 @@ class Backup:
         if errors:
             raise errors[0]
 
-    def _save_trees(self, children: dict[bytes, list[bytes]], nodes: dict[bytes, dict[str, Any]]) -> str:
-        # Deepest folders first, so every subtree id is known before its parent is encoded.
-        # A folder whose entries are exactly the parent snapshot's keeps its old subtree id
-        # without being encoded again: an unchanged tree costs a walk, not a rewrite.
-        root_id = ""
+    def _save_trees(self, children: dict[bytes, list[bytes]], nodes: dict[bytes, dict[str, Any]],
+                    kinds: dict[bytes, str], reused: set[bytes]) -> dict[bytes, str]:
+        """Store a tree per folder, deepest first, and return ``{folder: tree id}``.
+
+        A folder whose entries are exactly the parent's (all reused, none added or removed,
+        sub-folders unchanged) keeps the parent's tree id without decoding or encoding
+        anything: an unchanged tree costs a walk, not a rewrite."""
+        view = self.view
+        subtrees: dict[bytes, str] = {}
         for path in sorted(children, key=lambda p: -p.count(b"/") if p else 1):
             kids = children[path]
-            old = self._old_subtrees.get(path)
+            old = view.subtree(path)
             clean = (
                 old is not None
-                and len(kids) == self._old_counts.get(path, -1)
-                and all(k in self._reused and (nodes[k]["type"] != DIR or nodes[k].get("subtree") == self._old_subtrees.get(k))
-                        for k in kids)
+                and len(kids) == len(view.stats(path))
+                and all(k in reused and (kinds[k] != DIR or subtrees[k] == view.subtree(k)) for k in kids)
             )
             if clean:
-                tree_id = old
-            else:
-                tree_id = self.writer.store(blobs.TREE, encode_tree([nodes[c] for c in kids])).hex()
-            if path == b"":
-                root_id = tree_id
-            else:
-                nodes[path]["subtree"] = tree_id
-        return root_id
+                subtrees[path] = old
+                continue
+            listing = []
+            old_nodes = view.nodes(path) if any(k in reused for k in kids) else {}
+            for k in kids:
+                node = nodes.get(k)
+                if node is None:  # reused: the parent's node, copied if it gets a new subtree
+                    node = old_nodes[k.rpartition(b"/")[2]]
+                    if kinds[k] == DIR:
+                        node = dict(node)
+                if kinds[k] == DIR:
+                    node["subtree"] = subtrees[k]
+                listing.append(node)
+            subtrees[path] = self.writer.store(blobs.TREE, encode_tree(listing)).hex()
+        return subtrees
 
 
 def _read_all(f, expected: int) -> bytes:

@@ -25,7 +25,7 @@ import secrets
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -387,12 +387,20 @@ class BlobWriter:
         self._uploads: list[Future] = []
         self._slots = threading.Semaphore(max(2, repo.store.concurrency))
         self.new_packs: dict[str, list[PackedBlob]] = {}
+        #: called once, before the first claim, e.g. to load the index only when it is needed
+        self.prepare: Callable[[], None] | None = None
+        self._prepared = threading.Lock()
         self.stored_bytes = 0
         self.added_blobs = 0
         self.added_raw_bytes = 0
 
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller should store ``blob_id``: it is neither indexed nor claimed yet."""
+        if self.prepare is not None:
+            with self._prepared:
+                if self.prepare is not None:
+                    self.prepare()
+                    self.prepare = None
         with self._lock:
             if blob_id in self.repo.index or blob_id in self._pending:
                 return False

@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 from ..repository.tree import set_bytes
 
 Opener = Callable[[], BinaryIO]
-Previous = Callable[[bytes], dict[bytes, dict[str, Any]]]
+#: folder -> {name: stat key (type, size, mtime_ns, ctime_ns, inode, dev)} of the parent snapshot
+Previous = Callable[[bytes], dict[bytes, tuple]]
 
 
 @dataclass(slots=True)
@@ -40,8 +41,8 @@ class Entry:
     target: bytes | None = None
     rdev: int | None = None
     xattrs: dict[str, bytes] | None = None
-    #: the parent snapshot's node, when the source found the entry unchanged (see Source.entries)
-    reuse: dict[str, Any] | None = None
+    #: set when the source found the entry's stat key equal to the parent's (see Source.entries)
+    reuse: bool = False
 
     @property
     def name(self) -> bytes:
@@ -74,20 +75,6 @@ class Entry:
         return n
 
 
-def same_stat(old: dict[str, Any] | None, kind: str, size: int, mtime_ns: int, ctime_ns: int, inode: int,
-              dev: int) -> bool:
-    """True when ``old`` (a parent snapshot node) matches this stat exactly."""
-    return (
-        old is not None
-        and old.get("type") == kind
-        and old.get("ctime_ns") == ctime_ns
-        and old.get("mtime_ns") == mtime_ns
-        and old.get("inode") == inode
-        and old.get("dev") == dev
-        and (kind != "file" or (old.get("size") == size and "content" in old))
-    )
-
-
 @dataclass
 class SourceReport:
     """What went wrong without stopping the backup: vanished, changed or unreadable entries."""
@@ -109,11 +96,11 @@ class Source(ABC):
     def entries(self, previous: Previous | None = None) -> Iterator[Entry]:
         """Every entry, root (``b""``) first, each folder before its contents.
 
-        ``previous(folder)`` returns the parent snapshot's nodes of a folder by name; it is
-        answerable for a folder once that folder's own entry has been yielded. A source may
-        use it to skip work for entries whose stat is unchanged (same type, size, mtime ns,
-        ctime ns, inode, device: ctime moves on any chmod, chown, xattr or link change) by
-        yielding ``Entry(path, type, reuse=old_node)``."""
+        ``previous(folder)`` returns the parent snapshot's stat keys of a folder by name
+        (:func:`resilience.repository.parent.stat_key`); it is answerable for a folder once
+        that folder's own entry has been yielded. A source may use it to skip work for entries
+        whose stat key is unchanged (ctime moves on any chmod, chown, xattr or link change) by
+        yielding ``Entry(path, type, size=…, inode=…, dev=…, nlink=…, reuse=True)``."""
 
     @abstractmethod
     def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:

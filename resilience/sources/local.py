@@ -18,7 +18,8 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import UsageError
-from .base import Entry, Opener, Previous, Source, SourceReport, same_stat
+from ..repository.parent import stat_key
+from .base import Entry, Opener, Previous, Source, SourceReport
 from .patterns import Matcher
 
 
@@ -123,53 +124,69 @@ class LocalSource(Source):
         root = entry_from_stat(b"", self.root, st)
         assert root is not None
         yield root
-        yield from self._walk(b"")
+        yield from self._walk()
 
-    def _walk(self, rel: bytes) -> Iterator[Entry]:
+    def _listing(self, rel: bytes) -> tuple[bytes, bytes, list[bytes], dict[bytes, tuple]] | None:
         full = self._full(rel)
-        olds = self._previous(rel) if self._previous else {}
         try:
             with os.scandir(full) as it:
                 names = sorted(e.name for e in it)
         except FileNotFoundError:
             self.report.warnings.append(f"{os.fsdecode(rel) or '.'}: folder vanished during the backup")
-            return
+            return None
         except OSError as exc:
             self.report.errors.append(f"{os.fsdecode(rel) or '.'}: cannot list: {exc.strerror}")
-            return
-        for name in names:
+            return None
+        olds = self._previous(rel) if self._previous else {}
+        return rel, full, names, olds
+
+    def _walk(self) -> Iterator[Entry]:
+        # Depth-first with an explicit stack (one generator frame, not one per level): each
+        # folder's entry is yielded before its contents, which are listed only afterwards, so
+        # the engine can answer previous(folder) by then.
+        first = self._listing(b"")
+        stack = [(first, iter(first[2]))] if first else []
+        exclude = self.exclude if self.exclude else None
+        lstat, S_ISDIR = os.lstat, stat.S_ISDIR
+        while stack:
+            (rel, full, _names, olds), names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                stack.pop()
+                continue
             child = rel + b"/" + name if rel else name
             cfull = full + b"/" + name
             try:
-                st = os.lstat(cfull)
+                st = lstat(cfull)
             except FileNotFoundError:
                 self.report.warnings.append(f"{os.fsdecode(child)}: vanished during the backup")
                 continue
             except OSError as exc:
                 self.report.errors.append(f"{os.fsdecode(child)}: cannot stat: {exc.strerror}")
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if self.exclude and self.exclude.match_exact(child, is_dir):
+            is_dir = S_ISDIR(st.st_mode)
+            if exclude is not None and exclude.match_exact(child, is_dir):
                 continue
             old = olds.get(name)
-            if old is not None and same_stat(old, _type(st.st_mode), st.st_size, st.st_mtime_ns,
-                                             st.st_ctime_ns, st.st_ino, st.st_dev):
+            kind = _type(st.st_mode)
+            if old is not None and kind is not None and old == stat_key(
+                    kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev):
                 # Unchanged since the parent snapshot: skip readlink/xattrs/name lookups.
-                yield Entry(child, old["type"], size=old.get("size", 0), inode=st.st_ino, dev=st.st_dev,
-                            nlink=st.st_nlink, reuse=old)
-                if is_dir:
-                    yield from self._walk(child)
-                continue
-            try:
-                e = entry_from_stat(child, cfull, st)
-            except OSError as exc:
-                self.report.errors.append(f"{os.fsdecode(child)}: {exc.strerror}")
-                continue
-            if e is None:
-                continue
-            yield e
+                yield Entry(child, kind, size=st.st_size if kind == "file" else 0, inode=st.st_ino,
+                            dev=st.st_dev, nlink=st.st_nlink, reuse=True)
+            else:
+                try:
+                    e = entry_from_stat(child, cfull, st)
+                except OSError as exc:
+                    self.report.errors.append(f"{os.fsdecode(child)}: {exc.strerror}")
+                    continue
+                if e is None:
+                    continue
+                yield e
             if is_dir:
-                yield from self._walk(child)
+                listing = self._listing(child)
+                if listing:
+                    stack.append((listing, iter(listing[2])))
 
     def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:
         for e in files:

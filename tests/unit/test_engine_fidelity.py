@@ -256,3 +256,33 @@ def test_changes_hidden_from_mtime_are_still_detected(tmp_path):
 
     restore_to(reopen(repo), s2, dest)
     assert describe(dest) == describe(src)
+
+
+def test_stat_cache_skips_tree_decoding_and_is_only_a_shortcut(tmp_path):
+    from resilience.repository import statcache
+
+    src = tmp_path / "site"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(20):
+            (src / f"d{d}" / f"p{i}.html").write_text(f"{d} {i}")
+    repo = new_repo(tmp_path / "repo")
+    s1, _ = backup(repo, src)
+    fresh = reopen(repo)
+    engine = Backup(fresh, LocalSource(src), site="portal", parent=fresh.find_snapshot(s1.id))
+    s2, st2 = engine.run()
+    assert engine.view.cache is not None and engine.view.trees_decoded == 0
+    assert s2.tree == s1.tree and st2.files_unchanged == 100
+    # One change: only the folders on its path are decoded.
+    (src / "d3" / "p7.html").write_text("changed!")
+    fresh = reopen(repo)
+    engine = Backup(fresh, LocalSource(src), site="portal", parent=fresh.find_snapshot(s2.id))
+    s3, st3 = engine.run()
+    assert st3.files_changed == 1 and engine.view.trees_decoded == 2  # root and d3
+    # A cache that does not describe the parent is ignored; the result is the same.
+    path = statcache.cache_path(fresh, "portal", str(src))
+    path.write_bytes(b"garbage")
+    fresh = reopen(repo)
+    engine = Backup(fresh, LocalSource(src), site="portal", parent=fresh.find_snapshot(s3.id))
+    s4, st4 = engine.run()
+    assert engine.view.cache is None and s4.tree == s3.tree and st4.files_unchanged == 100
