@@ -97,7 +97,7 @@ class S3Store(Store):
             from botocore.config import Config
 
             cfg = Config(
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=min(10.0, self.timeout),
                 read_timeout=self.timeout,
                 max_pool_connections=16,
@@ -232,7 +232,9 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     code, status = _code(exc)
-    if code or status:
-        return f"{code or status}"
+    if code and not code.isdigit():
+        return f"{code} (HTTP {status})" if status else code
+    if status:
+        return f"HTTP {status}"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
