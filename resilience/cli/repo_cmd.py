@@ -6,6 +6,7 @@ Each command parses its options, calls one action, and renders the result (text 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -66,24 +67,34 @@ def backup(sites: tuple[str, ...], all_: bool, dry_run: bool) -> int:
     results, code = backup_action.backup(cfg, a.ledger(), names, dry_run=dry_run,
                                          progress=progress_factory("backup"))
 
+    # Under cron (no terminal) a successful backup prints nothing unless -v: cron mails output.
+    chatty = a.verbose > 0 or sys.stdout.isatty()
+
     def human() -> None:
         for r in results:
             if r.get("skipped"):
-                click.echo(f"{r['site']}: skipped ({r['skipped']})")
+                if chatty:
+                    click.echo(f"{r['site']}: skipped ({r['skipped']})")
                 continue
             if "error" in r:
-                click.echo(f"{r['site']}: FAILED: {r['error']}")
+                click.echo(f"{r['site']}: FAILED: {r['error']}", err=True)
+                continue
+            for w in r.get("warnings", [])[:20]:
+                click.echo(f"{r['site']}: warning: {w}", err=True)
+            for e in r.get("errors", [])[:20]:
+                click.echo(f"{r['site']}: error: {e}", err=True)
+            for c in r.get("copies", []):
+                if not c["ok"]:
+                    click.echo(f"{r['site']}: copy to {c['to']} FAILED: {c.get('error')}", err=True)
+            if not chatty:
                 continue
             head = "would add" if dry_run else f"snapshot {r.get('short_id')} saved;"
             click.echo(f"{r['site']}: {head} files new {r['files_new']}, changed {r['files_changed']}, "
-                       f"unchanged {r['files_unchanged']}; added {_size(r['bytes_added'])}, stored {_size(r['bytes_stored'])} in {r['duration_s']:.1f} s")
-            for w in r.get("warnings", [])[:20]:
-                click.echo(f"  warning: {w}", err=True)
-            for e in r.get("errors", [])[:20]:
-                click.echo(f"  error: {e}", err=True)
+                       f"unchanged {r['files_unchanged']}; read {_size(r['bytes_read'])}, added {_size(r['bytes_added'])}, "
+                       f"stored {_size(r['bytes_stored'])} in {r['duration_s']:.1f} s")
             for c in r.get("copies", []):
-                state = "ok" if c["ok"] else f"FAILED: {c.get('error')}"
-                click.echo(f"  copy to {c['to']}: {state}")
+                if c["ok"]:
+                    click.echo(f"  copy to {c['to']}: {c['snapshots_copied']} snapshot(s), {_size(c['bytes_sent'])} sent")
 
     emit({"ok": code == 0, "dry_run": dry_run, "results": results}, human)
     return code

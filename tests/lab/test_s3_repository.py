@@ -146,3 +146,42 @@ def test_copy_local_to_s3_and_s3_to_s3(lab, tmp_path):
     r = run(final, "restore", "--site", "portal", "--to", str(tmp_path / "out"), tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     assert describe(tmp_path / "out") == describe(site)
+
+
+def test_kill_9_and_locks_on_s3(lab, tmp_path):
+    import signal
+
+    from resilience.repository.lock import RepoLock
+    from resilience.repository.store.s3 import S3Store
+
+    site = tmp_path / "site"
+    make_site(site, seed=11)
+    url = prefix() + "/repo"
+    cfg = write_cfg(tmp_path, site, url, T.S3_ENDPOINT)
+    assert run(cfg, "init", tmp=tmp_path).returncode == 0
+    env = dict(os.environ, RESILIENCE_PASSWORD=PW, RESILIENCE_STATE_DIR=str(tmp_path / "state"))
+    rng = random.Random(3)
+    killed = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "resilience", "--config", str(cfg), "backup", "--site",
+                                 "portal"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 2.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        r = run(cfg, "verify", tmp=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = run(cfg, "unlock", "--json", tmp=tmp_path)
+    assert r.returncode == 0
+    assert len(json.loads(r.stdout)["removed"]) == killed  # each killed backup left a stale lock
+    store = S3Store(url, endpoint=T.S3_ENDPOINT, access_key_id=T.S3_ACCESS_KEY_ID,
+                    secret_access_key=L.secret_path("s3_secret_key").read_text().strip())
+    with RepoLock(store, exclusive=True):
+        r = run(cfg, "backup", "--site", "portal", tmp=tmp_path)
+        assert r.returncode == 75 and "repository is locked" in r.stderr
+    r = run(cfg, "backup", "--site", "portal", "--json", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert run(cfg, "verify", "--read-data", tmp=tmp_path).returncode == 0
+    assert run(cfg, "restore", "--site", "portal", "--to", str(tmp_path / "out"), tmp=tmp_path).returncode == 0
+    assert describe(tmp_path / "out") == describe(site)
