@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -114,15 +115,19 @@ class Backup:
             ch = self._local.chunker = Chunker(self.repo.chunker_params)
         return ch
 
-    def _store_file(self, e: Entry, opener: Opener) -> tuple[list[Any], int]:
+    def _store_file(self, e: Entry, opener: Opener) -> tuple[list[Any], int, str]:
         content: list[Any] = []
         size = 0
         key, writer = self.repo.key, self.writer
+        # The whole-file sha256 lets restores and integrity checks compare a member's files
+        # with the snapshot using nothing but sha256sum on the member.
+        digest = hashlib.sha256()
 
         def emit(piece) -> None:
             nonlocal size
             n = len(piece)
             size += n
+            digest.update(piece)
             if _is_zero(piece):
                 if content and isinstance(content[-1], dict):
                     content[-1]["zero"] += n
@@ -151,7 +156,7 @@ class Backup:
             except (OSError, AttributeError, ValueError):
                 pass  # not a real file (a stream from a remote source)
         e.size = size
-        return content, size
+        return content, size, digest.hexdigest()
 
     def _warn(self, msg: str) -> None:
         with self._errors_lock:
@@ -220,6 +225,8 @@ class Backup:
                     old = view.nodes(parent).get(e.name)
                     if old is not None and "content" in old:
                         nodes[path]["content"] = old["content"]
+                        if "sha256" in old:
+                            nodes[path]["sha256"] = old["sha256"]
                         stats.files_unchanged += 1
                         continue
                 to_read.append(e)
@@ -241,8 +248,9 @@ class Backup:
                     vanished.add(path)
                     continue
                 src = nodes[first] if first in nodes else view.nodes(first.rpartition(b"/")[0])[first.rpartition(b"/")[2]]
-                nodes[path]["content"] = src["content"]
-                nodes[path]["size"] = src["size"]
+                for k in ("content", "size", "sha256"):
+                    if k in src:
+                        nodes[path][k] = src[k]
             for path in vanished:
                 nodes.pop(path, None)
                 siblings = children[path.rpartition(b"/")[0]]
@@ -311,7 +319,7 @@ class Backup:
                     vanished.add(e.path)
                     return
                 try:
-                    content, size = self._store_file(e, opener)
+                    content, size, sha = self._store_file(e, opener)
                 except FileNotFoundError:
                     self._warn(f"{_show(e.path)}: vanished during the backup")
                     vanished.add(e.path)
@@ -327,6 +335,7 @@ class Backup:
                 node = nodes[e.path]
                 node["content"] = content
                 node["size"] = size
+                node["sha256"] = sha
                 node["mtime_ns"], node["ctime_ns"] = e.mtime_ns, e.ctime_ns
                 self.progress.add(1, 0)
             except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread

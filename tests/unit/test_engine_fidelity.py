@@ -286,3 +286,22 @@ def test_stat_cache_skips_tree_decoding_and_is_only_a_shortcut(tmp_path):
     engine = Backup(fresh, LocalSource(src), site="portal", parent=fresh.find_snapshot(s3.id))
     s4, st4 = engine.run()
     assert engine.view.cache is None and s4.tree == s3.tree and st4.files_unchanged == 100
+
+
+def test_file_nodes_carry_the_sha256_of_their_content(tmp_path):
+    import hashlib
+
+    from resilience.repository.repo import iter_tree
+
+    src = build_awkward_tree(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    snap, _ = backup(repo, src)
+    fresh = reopen(repo)
+    files = [(p, n) for p, n in iter_tree(fresh, snap.tree) if n["type"] == "file"]
+    assert files
+    for path, node in files:
+        assert node["sha256"] == hashlib.sha256((src / os.fsdecode(path)).read_bytes()).hexdigest()
+    # Reused nodes keep it.
+    snap2, _ = backup(fresh, src, parent=snap)
+    again = {p: n["sha256"] for p, n in iter_tree(reopen(repo), snap2.tree) if n["type"] == "file"}
+    assert again == {p: n["sha256"] for p, n in files}
