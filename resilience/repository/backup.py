@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import __version__
+from ..errors import ResilienceError
 from ..sources.base import Entry, Opener, Source
 from . import blob as blobs
 from . import statcache
@@ -33,6 +34,9 @@ from .snapshot import Snapshot, now_time
 from .tree import DIR, FILE, encode_tree
 
 WHOLE_READ = 16 << 20  # files up to this size are read in one call and cut in memory
+# Worker processes pay ~0.3 s to start; below this much to read, threads are as fast.
+PROCESS_THRESHOLD = 64 << 20
+BATCH_BYTES, BATCH_FILES = 8 << 20, 64
 _ZEROS = bytes(8 << 20)
 
 
@@ -81,6 +85,11 @@ class _DryWriter(BlobWriter):
         with self._lock:
             self.added_blobs += 1
             self.added_raw_bytes += len(data)
+
+    def add_sealed(self, kind: int, blob_id: bytes, sealed, raw_length: int) -> None:
+        with self._lock:
+            self.added_blobs += 1
+            self.added_raw_bytes += raw_length
 
     def flush(self) -> None:
         return None
@@ -306,8 +315,17 @@ class Backup:
             out[folder] = (subtrees[folder], keys)
         return out
 
+    def _use_processes(self, files: list[Entry]) -> bool:
+        setting = os.environ.get("RESILIENCE_PROCESSES", "auto")
+        if setting == "0" or (os.cpu_count() or 1) < 2 or not hasattr(self.source, "local_path"):
+            return False
+        return setting == "1" or (len(files) >= 32 and sum(e.size for e in files) >= PROCESS_THRESHOLD)
+
     def _read_files(self, files: list[Entry], nodes: dict[bytes, dict[str, Any]], vanished: set[bytes]) -> None:
         if not files:
+            return
+        if self._use_processes(files):
+            self._read_files_in_processes(files, nodes, vanished)
             return
         # Bounded hand-off: at most a few files per worker are read ahead, which bounds memory.
         slots = threading.BoundedSemaphore(self.workers * 2)
@@ -352,6 +370,109 @@ class Backup:
                 pool.submit(job, e, opener)
         if errors:
             raise errors[0]
+
+    def _read_files_in_processes(self, files: list[Entry], nodes: dict[bytes, dict[str, Any]],
+                                 vanished: set[bytes]) -> None:
+        """Read, chunk, hash, compress, encrypt and store in worker processes (workers.py)."""
+        import multiprocessing
+        import queue
+
+        from . import workers
+
+        self.writer.ensure_prepared()
+        key = self.repo.key
+        # One more process than cores: a worker blocked on a read or an upload leaves the
+        # core to another instead of idling it.
+        n = int(os.environ.get("RESILIENCE_WORKERS", "0")) or (os.cpu_count() or 2) + 1
+        # Route by size: identical files meet in the same worker and are stored once.
+        per_worker: list[list[list[tuple[bytes, int, int]]]] = [[[]] for _ in range(n)]
+        fill = [0] * n
+        by_path = {}
+        for e in files:
+            full = self.source.local_path(e)
+            by_path[full] = e
+            w = hash(e.size) % n
+            per_worker[w][-1].append((full, e.size, e.mtime_ns))
+            fill[w] += e.size
+            if fill[w] >= BATCH_BYTES or len(per_worker[w][-1]) >= BATCH_FILES:
+                per_worker[w].append([])
+                fill[w] = 0
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        tasks = [ctx.Queue() for _ in range(n)]
+        args = (key.enc, key.mac, self.repo.chunker_params, self.repo.compression,
+                b"".join(self.repo.index.blobs), self.repo.store.spec(), self.repo.pack_size)
+        procs = [ctx.Process(target=workers.worker_main, args=(tasks[i], results, os.getpid(), *args), daemon=True)
+                 for i in range(n)]
+        for p in procs:
+            p.start()
+        # Two batches queued per worker at a time: enough to keep it busy, bounded in memory.
+        cursors = [iter([b for b in batches if b]) for batches in per_worker]
+        outstanding = [0] * n
+
+        def feed(i: int) -> None:
+            while outstanding[i] < 2:
+                b = next(cursors[i], None)
+                if b is None:
+                    tasks[i].put(None)
+                    outstanding[i] = -1
+                    return
+                tasks[i].put(b)
+                outstanding[i] += 1
+
+        owner: dict[bytes, int] = {}
+        for i in range(n):
+            for b in per_worker[i]:
+                for item in b:
+                    owner[item[0]] = i
+            feed(i)
+        done = 0
+        try:
+            while done < n:
+                try:
+                    msg = results.get(timeout=5)
+                except queue.Empty:
+                    dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                    if dead:
+                        raise ResilienceError(f"a backup worker died (exit {dead[0].exitcode})") from None
+                    continue
+                kind = msg[0]
+                if kind == "files":
+                    results_list = msg[1]
+                    for res in results_list:
+                        self._take_result(by_path[res.path], res, nodes, vanished)
+                    i = owner[results_list[0].path] if results_list else 0
+                    if outstanding[i] > 0:
+                        outstanding[i] -= 1
+                        feed(i)
+                elif kind == "pack":
+                    self.writer.record_pack(msg[1], msg[2])
+                elif kind == "done":
+                    done += 1
+                elif kind == "error":
+                    raise ResilienceError(f"backup worker failed: {msg[1]}")
+        finally:
+            for p in procs:
+                if p.is_alive() and done < n:
+                    p.kill()
+                p.join(5)
+
+    def _take_result(self, e: Entry, res, nodes, vanished: set[bytes]) -> None:
+        if res.vanished:
+            self._warn(f"{_show(e.path)}: vanished during the backup")
+            vanished.add(e.path)
+            return
+        if res.error:
+            self._error(f"{_show(e.path)}: {res.error}")
+            vanished.add(e.path)
+            return
+        if res.changed:
+            self._warn(f"{_show(e.path)}: changed during the backup (stored as read)")
+        node = nodes[e.path]
+        node.update(content=res.content, size=res.size, sha256=res.sha256,
+                    mtime_ns=res.mtime_ns, ctime_ns=res.ctime_ns)
+        self.writer.count_added(res.new_bytes)
+        self.progress.add(1, res.size)
 
     def _save_trees(self, children: dict[bytes, list[bytes]], nodes: dict[bytes, dict[str, Any]],
                     kinds: dict[bytes, str], reused: set[bytes]) -> dict[bytes, str]:

@@ -48,7 +48,7 @@ def copy_snapshots(src: Repository, dst: Repository, snapshots: list[Snapshot], 
     if not dst.index_loaded:
         dst.load_index()
     present = {s.meta.get("copied_from") or s.id for s in dst.snapshots()}
-    fetcher = PackFetcher(src)
+    fetcher = PackFetcher.for_repo(src)
     writer = dst.writer()
     todo = []
     try:

@@ -397,10 +397,7 @@ class BlobWriter:
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller should store ``blob_id``: it is neither indexed nor claimed yet."""
         if self.prepare is not None:
-            with self._prepared:
-                if self.prepare is not None:
-                    self.prepare()
-                    self.prepare = None
+            self.ensure_prepared()
         with self._lock:
             if blob_id in self.repo.index or blob_id in self._pending:
                 return False
@@ -422,6 +419,39 @@ class BlobWriter:
                 self._builders[kind] = PackBuilder()
         if full is not None:
             self._upload(full)
+
+    def add_sealed(self, kind: int, blob_id: bytes, sealed: tuple[bytes, bytes], raw_length: int) -> None:
+        """Queue a blob sealed elsewhere (a worker process) that the caller has claimed."""
+        full = None
+        with self._lock:
+            b = self._builders[kind]
+            b.add(kind, blob_id, sealed, raw_length)
+            self.added_blobs += 1
+            self.added_raw_bytes += raw_length
+            if b.size >= self.repo.pack_size:
+                full = b
+                self._builders[kind] = PackBuilder()
+        if full is not None:
+            self._upload(full)
+
+    def record_pack(self, pack_id: str, entries: list[PackedBlob]) -> None:
+        """Account for a pack another process stored (its blobs become visible now)."""
+        self.repo.index.add_pack(pack_id, entries)
+        with self._lock:
+            self.new_packs[pack_id] = entries
+            self.stored_bytes += entries[-1].offset + entries[-1].length if entries else 0
+
+    def count_added(self, raw_bytes: int) -> None:
+        with self._lock:
+            self.added_raw_bytes += raw_bytes
+
+    def ensure_prepared(self) -> None:
+        """Run the one-time preparation (index loading) now."""
+        if self.prepare is not None:
+            with self._prepared:
+                if self.prepare is not None:
+                    self.prepare()
+                    self.prepare = None
 
     def store(self, kind: int, data: bytes | memoryview) -> bytes:
         """Claim-and-add in one call; returns the blob id (stored or already present)."""

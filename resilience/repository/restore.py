@@ -55,27 +55,65 @@ class RestoreStats:
 
 
 class PackFetcher:
-    """Fetches sealed blobs. Local repositories are read with one pread per blob; remote ones
-    download each needed pack once into a temporary folder (a bounded LRU on disk), because
-    one request per small file would be far slower than one per pack."""
+    """Fetches and opens blobs. Local stores are read with one pread per blob on cached pack
+    descriptors; remote ones download each needed pack once into a temporary folder (a
+    bounded LRU on disk), because one request per small file would be far slower than one
+    per pack. Thread-safe; usable in a worker process (it needs only the store and the key)."""
 
-    def __init__(self, repo: Repository, cache_bytes: int = 2 << 30):
-        self.repo = repo
-        self.local = isinstance(repo.store, LocalStore)
+    def __init__(self, store, key, cache_bytes: int = 2 << 30):
+        self.store, self.key = store, key
+        self.local = isinstance(store, LocalStore)
         self._dir: tempfile.TemporaryDirectory | None = None
         self._cached: OrderedDict[str, int] = OrderedDict()
+        self._fds: OrderedDict[str, int] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._budget = cache_bytes
 
+    @classmethod
+    def for_repo(cls, repo: Repository) -> PackFetcher:
+        return cls(repo.store, repo.key)
+
     def fetch(self, blob_id: bytes, loc: Location) -> bytes:
+        """The plaintext of a blob at ``loc``; DamagedError if it does not open."""
+        from ..errors import DamagedError
+        from .blob import open_blob
+        from .crypto import DecryptError
+
         if self.local:
-            data = self.repo.store.get_range(pack_name(loc.pack), loc.offset, loc.length)
+            data = os.pread(self._fd(self.store._path(pack_name(loc.pack))), loc.length, loc.offset)
         else:
-            path = self._pack_file(loc.pack)
-            with open(path, "rb") as f:
-                data = os.pread(f.fileno(), loc.length, loc.offset)
-        return self.repo.open_located(blob_id, loc, data)
+            data = os.pread(self._fd(self._pack_file(loc.pack)), loc.length, loc.offset)
+        if len(data) != loc.length:
+            raise DamagedError(f"pack {loc.pack[:16]} is truncated")
+        try:
+            return open_blob(self.key, loc.kind, blob_id, data, loc.raw_length)
+        except (DecryptError, ValueError) as exc:
+            raise DamagedError(f"blob {blob_id.hex()[:16]} in pack {loc.pack[:16]}: {exc}") from None
+
+    def _fd(self, path) -> int:
+        key = os.fspath(path)
+        with self._lock:
+            fd = self._fds.get(key)
+            if fd is not None:
+                self._fds.move_to_end(key)
+                return fd
+        try:
+            fd = os.open(key, os.O_RDONLY)
+        except FileNotFoundError:
+            from ..errors import DamagedError
+
+            raise DamagedError(f"pack {os.path.basename(key)[:16]} is missing") from None
+        with self._lock:
+            other = self._fds.get(key)
+            if other is not None:
+                os.close(fd)
+                return other
+            self._fds[key] = fd
+            while len(self._fds) > 64:
+                _old, ofd = self._fds.popitem(last=False)
+                os.close(ofd)
+        return fd
 
     def _pack_file(self, pack: str) -> str:
         with self._lock:
@@ -88,18 +126,25 @@ class PackFetcher:
                 if pack in self._cached:
                     self._cached.move_to_end(pack)
                     return path
-            data = self.repo.store.get(pack_name(pack))
+            data = self.store.get(pack_name(pack))
             with open(path, "wb") as f:
                 f.write(data)
             with self._lock:
                 self._cached[pack] = len(data)
                 while sum(self._cached.values()) > self._budget and len(self._cached) > 4:
                     old, _ = self._cached.popitem(last=False)
+                    ofd = self._fds.pop(os.path.join(self._dir.name, old), None)
+                    if ofd is not None:
+                        os.close(ofd)
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self._dir.name, old))
         return path
 
     def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
         if self._dir is not None:
             self._dir.cleanup()
 
@@ -126,7 +171,7 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
     root = os.fsencode(os.fspath(dest))
     stats = RestoreStats()
     items = plan(repo, snap, include)
-    fetcher = PackFetcher(repo)
+    fetcher = PackFetcher.for_repo(repo)
     links: dict[tuple[int, int], bytes] = {}
     later_links: list[tuple[bytes, bytes]] = []
     files: list[tuple[bytes, dict[str, Any]]] = []
@@ -163,9 +208,12 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
                 stats.warnings.append(f"{_show(rel)}: socket not restored (sockets belong to a running program)")
                 node["_skipped"] = True
 
+        # Threads suffice here: measured, restore time is kernel time (creating files and
+        # filling the page cache: `cp -a` of the same tree takes longer), and worker
+        # processes were no faster.
         def write(item: tuple[bytes, dict[str, Any]]) -> int:
             full, node = item
-            return _write_file(fetcher, repo, full, node, progress, stats)
+            return write_file(fetcher, repo.index.get, full, node, progress, stats.warnings)
 
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="restore") as pool:
             for n in pool.map(write, files):
@@ -181,13 +229,13 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
     # creating entries in a folder changes its mtime, so folders go deepest first at the end.
     for rel, node in items:
         if node["type"] not in (DIR, FILE) and not node.get("_skipped"):
-            _apply_meta(root + b"/" + rel, node, stats)
+            _apply_meta(root + b"/" + rel, node, stats.warnings)
     for rel, node in reversed(items):
         if node["type"] == DIR:
-            _apply_meta(root + b"/" + rel, node, stats)
+            _apply_meta(root + b"/" + rel, node, stats.warnings)
     root_meta = snap.source.get("root")
     if root_meta:
-        _apply_meta(root, dict(root_meta, type=DIR), stats)
+        _apply_meta(root, dict(root_meta, type=DIR), stats.warnings)
     return stats
 
 
@@ -219,8 +267,10 @@ def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
         view, pos = view[k:], pos + k
 
 
-def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[str, Any], progress,
-                stats: RestoreStats) -> int:
+def write_file(fetcher: PackFetcher, locate, full: bytes, node: dict[str, Any], progress,
+               warnings: list[str]) -> int:
+    """Create ``full`` with the node's content and metadata; returns its size. ``locate``
+    maps a blob id to its Location."""
     size = int(node.get("size", 0))
     fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -230,7 +280,7 @@ def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[
                 pos += int(item["zero"])
                 continue
             bid = bytes.fromhex(item)
-            loc = repo.index.get(bid)
+            loc = locate(bid)
             if loc is None:
                 raise ResilienceError(f"{_show(full)}: blob {item[:16]} is missing from the repository (run verify)")
             data = fetcher.fetch(bid, loc)
@@ -240,7 +290,7 @@ def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[
                 progress.add(0, len(data))
         # Extends over trailing holes; a no-op when everything was written.
         os.ftruncate(fd, size)
-        _apply_meta(fd, node, stats, name=full)
+        _apply_meta(fd, node, warnings, name=full)
     finally:
         os.close(fd)
     if progress is not None:
@@ -248,7 +298,7 @@ def _write_file(fetcher: PackFetcher, repo: Repository, full: bytes, node: dict[
     return size
 
 
-def _apply_meta(full: bytes | int, node: dict[str, Any], stats: RestoreStats, name: bytes | None = None) -> None:
+def _apply_meta(full: bytes | int, node: dict[str, Any], warnings: list[str], name: bytes | None = None) -> None:
     """Owner, mode, xattrs and mtime of ``full`` (a path, or an open descriptor named ``name``)."""
     is_link = node["type"] == SYMLINK
     by_fd = isinstance(full, int)
@@ -259,23 +309,23 @@ def _apply_meta(full: bytes | int, node: dict[str, Any], stats: RestoreStats, na
         try:
             os.chown(full, node.get("uid", 0), node.get("gid", 0), **nofollow)
         except OSError as exc:
-            stats.warnings.append(f"{_show(name)}: cannot set owner: {exc.strerror}")
+            warnings.append(f"{_show(name)}: cannot set owner: {exc.strerror}")
     if not is_link:
         try:
             os.chmod(full, node.get("mode", 0o644))
         except OSError as exc:
-            stats.warnings.append(f"{_show(name)}: cannot set mode: {exc.strerror}")
+            warnings.append(f"{_show(name)}: cannot set mode: {exc.strerror}")
     for attr, value in (node.get("xattrs") or {}).items():
         try:
             os.setxattr(full, attr, base64.b64decode(value), **nofollow)
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EPERM):
-                stats.warnings.append(f"{_show(name)}: cannot set {attr}: {exc.strerror}")
+                warnings.append(f"{_show(name)}: cannot set {attr}: {exc.strerror}")
     mtime = int(node.get("mtime_ns", 0))
     try:
         os.utime(full, ns=(mtime, mtime), **nofollow)
     except OSError as exc:
-        stats.warnings.append(f"{_show(name)}: cannot set mtime: {exc.strerror}")
+        warnings.append(f"{_show(name)}: cannot set mtime: {exc.strerror}")
 
 
 def restore_to(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, include: Matcher | None = None,

@@ -188,6 +188,10 @@ class LocalSource(Source):
                 if listing:
                     stack.append((listing, iter(listing[2])))
 
+    def local_path(self, e: Entry) -> bytes:
+        """Where the entry's content can be read on this machine (for worker processes)."""
+        return self._full(e.path)
+
     def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:
         for e in files:
             yield e, self._opener(e)

@@ -32,8 +32,25 @@ def cli(cfg: Path, *args: str, state: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, check=False)
 
 
-def start_backup(cfg: Path, state: Path, site: str = "portal") -> subprocess.Popen:
-    env = dict(os.environ, RESILIENCE_PASSWORD=PW, RESILIENCE_STATE_DIR=str(state))
+MARK = f"resilience-crash-test-{os.getpid()}"
+
+
+def marked_processes() -> list[int]:
+    """Pids of processes (backup parents or their workers) started by these tests."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if MARK.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                    out.append(int(pid))
+            except OSError:
+                continue
+    return out
+
+
+def start_backup(cfg: Path, state: Path, site: str = "portal", processes: str = "auto") -> subprocess.Popen:
+    env = dict(os.environ, RESILIENCE_PASSWORD=PW, RESILIENCE_STATE_DIR=str(state), RESILIENCE_PROCESSES=processes,
+               RESILIENCE_CRASH_MARK=MARK)
     return subprocess.Popen([sys.executable, "-m", "resilience", "--config", str(cfg), "backup", "--site", site,
                              "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -56,12 +73,18 @@ def test_kill_9_at_random_points(tmp_path):
     for i in range(7):
         # Each round rewrites the site, so the killed backup has as much work as the probe.
         make_site(site, 100 + i, files=150)
-        proc = start_backup(cfg, tmp_path)
+        # Alternate the two ways of reading: worker threads, and worker processes (whose
+        # workers must die with their parent).
+        proc = start_backup(cfg, tmp_path, processes="1" if i % 2 else "0")
         time.sleep(rng.uniform(0.05, max(0.1, full * 0.95)))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
         out, _err = proc.communicate()
+        deadline = time.monotonic() + 10
+        while marked_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not marked_processes(), "backup workers outlived their killed parent"
         v = cli(cfg, "verify", state=tmp_path)
         assert v.returncode == 0, v.stdout + v.stderr
         # The next (completed) backup adopts whatever the killed one had stored.
@@ -69,7 +92,7 @@ def test_kill_9_at_random_points(tmp_path):
         assert done.returncode == 0, done.stderr
         adopted += json.loads(done.stdout)["results"][0]["orphan_packs_adopted"]
     assert killed >= 3
-    assert adopted > 0
+    assert adopted > 0, f"no killed backup left packs to adopt (killed {killed})"
     v = cli(cfg, "verify", "--read-data", state=tmp_path)
     assert v.returncode == 0, v.stdout
     r = cli(cfg, "restore", "--site", "portal", "--to", str(tmp_path / "out"), state=tmp_path)

@@ -305,3 +305,50 @@ def test_file_nodes_carry_the_sha256_of_their_content(tmp_path):
     snap2, _ = backup(fresh, src, parent=snap)
     again = {p: n["sha256"] for p, n in iter_tree(reopen(repo), snap2.tree) if n["type"] == "file"}
     assert again == {p: n["sha256"] for p, n in files}
+
+
+def test_worker_processes_and_threads_make_the_same_snapshot(tmp_path, monkeypatch):
+    src = build_awkward_tree(tmp_path)
+    (src / "dup-a.bin").write_bytes(b"same content " * 50_000)
+    (src / "dup-b.bin").write_bytes(b"same content " * 50_000)
+    repo = new_repo(tmp_path / "repo")
+    monkeypatch.setenv("RESILIENCE_PROCESSES", "0")
+    s1, st1 = backup(repo, src)
+    monkeypatch.setenv("RESILIENCE_PROCESSES", "1")
+    fresh = reopen(repo)
+    s2, st2 = Backup(fresh, LocalSource(src), site="portal").run()  # no parent: everything is read
+    assert s2.tree == s1.tree
+    assert st2.bytes_read == st1.bytes_read and st2.blobs_added == 0  # all known already
+    # A fresh repository through the processes only: identical files are stored once.
+    repo2 = new_repo(tmp_path / "repo2")
+    s3, st3 = backup(repo2, src)
+    assert st3.bytes_stored < st3.bytes_total
+    dest = tmp_path / "out"
+    from resilience.repository.restore import restore_to
+
+    restore_to(reopen(repo2), s3, dest)
+    assert describe(dest) == describe(src)
+    from resilience.repository.check import verify
+
+    assert verify(reopen(repo2), read_data=1.0).ok
+
+
+def test_worker_processes_report_vanished_and_unreadable_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESILIENCE_PROCESSES", "1")
+    src = tmp_path / "site"
+    src.mkdir()
+    (src / "stays.html").write_text("stays")
+    (src / "vanishes.html").write_text("gone soon")
+
+    class RacingSource(LocalSource):
+        def local_path(self, e):
+            if e.path == b"vanishes.html":
+                os.unlink(src / "vanishes.html")
+            return super().local_path(e)
+
+    repo = new_repo(tmp_path / "repo")
+    snap, stats = Backup(repo, RacingSource(src), site="portal").run()
+    assert any("vanishes.html: vanished" in w for w in stats.warnings)
+    from resilience.repository.repo import iter_tree
+
+    assert [p for p, _ in iter_tree(reopen(repo), snap.tree)] == [b"stays.html"]

@@ -8,7 +8,7 @@ from ...errors import UsageError
 from .base import NotFound, Store
 from .local import LocalStore
 
-__all__ = ["NotFound", "Store", "LocalStore", "open_store"]
+__all__ = ["NotFound", "Store", "LocalStore", "open_store", "store_from_spec"]
 
 
 def open_store(url: str, *, endpoint: str | None = None, region: str | None = None,
@@ -28,3 +28,15 @@ def open_store(url: str, *, endpoint: str | None = None, region: str | None = No
     if "://" in url:
         raise UsageError(f"unsupported repository URL {url!r} (use a local path or s3://bucket/prefix)")
     return LocalStore(url)
+
+
+def store_from_spec(spec: tuple) -> Store:
+    """Recreate a store in another process from :meth:`Store.spec`."""
+    kind, args = spec[0], spec[1]
+    if kind == "local":
+        return LocalStore(args["root"])
+    if kind == "s3":
+        from .s3 import S3Store
+
+        return S3Store(**args)
+    raise ValueError(f"unknown store kind {kind!r}")

@@ -45,6 +45,10 @@ class Store(ABC):
     @abstractmethod
     def list(self, folder: str) -> Iterator[tuple[str, int]]: ...
 
+    def spec(self) -> tuple:
+        """What another process needs to open this store again (see store_from_spec)."""
+        raise NotImplementedError
+
     def create(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Prepare an empty location (folder, bucket). Idempotent."""
 

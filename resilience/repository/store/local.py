@@ -27,6 +27,9 @@ class LocalStore(Store):
         self.url = str(self.root)
         self._made: set[Path] = set()
 
+    def spec(self) -> tuple:
+        return ("local", {"root": str(self.root)})
+
     def _path(self, name: str) -> Path:
         if name.startswith("/") or ".." in name.split("/"):
             raise ValueError(f"bad object name {name!r}")

@@ -87,6 +87,11 @@ class S3Store(Store):
         self._local = threading.local()
         self.retries = 0
 
+    def spec(self) -> tuple:
+        return ("s3", {"url": self.url, "endpoint": self.endpoint, "region": self._opts["region_name"],
+                       "access_key_id": self._opts.get("aws_access_key_id"),
+                       "secret_access_key": self._opts.get("aws_secret_access_key")})
+
     # -- plumbing ---------------------------------------------------------------------------
 
     @property

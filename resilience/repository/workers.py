@@ -1,0 +1,208 @@
+"""Worker processes for the CPU-heavy part of a large backup.
+
+Python threads share one interpreter lock; measured on 2 cores, the per-file Python work of a
+backup held it ~70 % of the time, so threads could not use the second core. For large
+backups the engine therefore hands batches of files to worker *processes*. Each reads,
+chunks, hashes, compresses and encrypts its files, packs the new blobs and stores the packs
+itself, and reports back only small things: per file the content list, size and sha256, and
+per stored pack its blob list. (Sending the sealed data back to the parent instead cost more
+than it saved: pipes moved every byte twice.)
+
+Deduplication: every worker starts with the ids already in the repository, and remembers the
+ones it stores. Files are routed to workers by size, so identical files meet in one worker;
+only different files sharing chunks can, rarely, be stored by two workers in one run — prune
+removes the spare copy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import blob as blobs
+from .chunker import Chunker
+from .crypto import MasterKey
+
+_ZEROS = bytes(8 << 20)
+_state: dict[str, Any] = {}
+
+
+@dataclass
+class FileResult:
+    path: bytes
+    content: list[Any] = field(default_factory=list)
+    size: int = 0
+    sha256: str = ""
+    #: (blob id, sealed head, sealed body, raw length) for blobs the worker had not seen before
+    blobs: list[tuple[bytes, bytes, bytes, int]] = field(default_factory=list)
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    changed: bool = False
+    new_bytes: int = 0
+    vanished: bool = False
+    error: str | None = None
+
+
+def _die_with_parent(parent: int) -> None:
+    # A parent killed with SIGKILL cannot tell its workers; the kernel can (PR_SET_PDEATHSIG).
+    # If the parent died before this line ran, the signal will never come: check by hand.
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def worker_main(tasks, results, parent: int, enc: bytes, mac: bytes, chunker: dict[str, int], level: int,
+                known: bytes, store_spec: tuple, pack_size: int) -> None:
+    """Process batches from ``tasks`` until None; report ("files", [FileResult…]),
+    ("pack", pack id, entries), then ("done", None) — or ("error", message)."""
+    from ..runtime import tune_malloc
+    from .pack import PackBuilder, pack_name
+    from .store import store_from_spec
+
+    _die_with_parent(parent)
+    tune_malloc()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    key = MasterKey(enc, mac)
+    _state.update(key=key, chunker=Chunker(chunker), level=level,
+                  known={known[i:i + 32] for i in range(0, len(known), 32)})
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # One upload thread: the pack write (fsync, or an S3 PUT) overlaps the next pack's CPU
+    # work; at most two packs are held while it runs.
+    uploads = ThreadPoolExecutor(1, thread_name_prefix="pack-upload")
+    slots = threading.Semaphore(2)
+    failures: list[BaseException] = []
+    try:
+        store = store_from_spec(store_spec)
+        builder = PackBuilder()
+
+        def put(pack_id: str, data: bytes, entries) -> None:
+            try:
+                store.put(pack_name(pack_id), data)
+                results.put(("pack", pack_id, entries))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the worker loop
+                failures.append(exc)
+            finally:
+                slots.release()
+
+        def flush() -> None:
+            nonlocal builder
+            if failures:
+                raise failures[0]
+            if len(builder):
+                pack_id, data, entries = builder.finish(key)
+                slots.acquire()
+                uploads.submit(put, pack_id, data, entries)
+            builder = PackBuilder()
+
+        import queue
+
+        while True:
+            try:
+                batch = tasks.get(timeout=2)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    os._exit(1)
+                continue
+            if batch is None:
+                break
+            out = []
+            for path, size, mtime in batch:
+                res = _process(path, size, mtime)
+                for bid, head, body, raw in res.blobs:
+                    builder.add(blobs.DATA, bid, (head, body), raw)
+                    res.new_bytes += raw
+                    if builder.size >= pack_size:
+                        flush()
+                res.blobs = []
+                out.append(res)
+            results.put(("files", out))
+        flush()
+        uploads.shutdown(wait=True)
+        if failures:
+            raise failures[0]
+        results.put(("done", None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
+    key: MasterKey = _state["key"]
+    chunker: Chunker = _state["chunker"]
+    known: set[bytes] = _state["known"]
+    level: int = _state["level"]
+    res = FileResult(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            return _failed(res, exc)
+    except OSError as exc:
+        return _failed(res, exc)
+    digest = hashlib.sha256()
+    try:
+        if listed_size <= (16 << 20):
+            data = _read_all(fd, listed_size)
+            pieces = chunker.cut(data)
+        else:
+            pieces = chunker.cut_stream(os.fdopen(os.dup(fd), "rb", buffering=0))
+        for piece in pieces:
+            n = len(piece)
+            res.size += n
+            digest.update(piece)
+            if n >= 4096 and piece[0] == 0 and piece[n - 1] == 0 and piece == _ZEROS[:n]:
+                if res.content and isinstance(res.content[-1], dict):
+                    res.content[-1]["zero"] += n
+                else:
+                    res.content.append({"zero": n})
+                continue
+            bid = key.blob_id(piece)
+            if bid not in known:
+                known.add(bid)
+                head, body = blobs.seal_blob(key, blobs.DATA, bid, piece, level)
+                res.blobs.append((bid, head, body, n))
+            res.content.append(bid.hex())
+        st = os.fstat(fd)
+        if st.st_size != res.size or st.st_mtime_ns != listed_mtime:
+            res.changed = True
+        res.mtime_ns, res.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+    except OSError as exc:
+        return _failed(res, exc)
+    finally:
+        os.close(fd)
+    res.sha256 = digest.hexdigest()
+    return res
+
+
+def _failed(res: FileResult, exc: OSError) -> FileResult:
+    import errno
+
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+        res.vanished = True
+    else:
+        res.error = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+    return res
+
+
+def _read_all(fd: int, expected: int) -> bytes:
+    chunks = []
+    want = max(expected, 1 << 16)
+    while True:
+        data = os.read(fd, want)
+        if not data:
+            break
+        chunks.append(data)
+        want = 1 << 20
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
