@@ -7,6 +7,7 @@ import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 def tune_malloc() -> None:
@@ -25,5 +26,9 @@ def tune_malloc() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
-    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-    mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+    import os
+
+    mallopt(_M_MMAP_THRESHOLD, int(os.environ.get("RESILIENCE_MMAP_THRESHOLD", 64 << 20)))
+    mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("RESILIENCE_TRIM_THRESHOLD", 32 << 20)))
+    # Few arenas: worker threads otherwise each keep their own pool of freed buffers.
+    mallopt(_M_ARENA_MAX, int(os.environ.get("RESILIENCE_ARENA_MAX", 2)))

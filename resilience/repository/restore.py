@@ -215,10 +215,26 @@ def restore_tree(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, i
             full, node = item
             return write_file(fetcher, repo.index.get, full, node, progress, stats.warnings)
 
+        # Bounded hand-off (Executor.map would queue every file at once).
+        slots = threading.BoundedSemaphore(workers * 4)
+
+        def job(item: tuple[bytes, dict[str, Any]]) -> int:
+            try:
+                return write(item)
+            finally:
+                slots.release()
+
+        futures = []
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="restore") as pool:
-            for n in pool.map(write, files):
-                stats.bytes += n
-                stats.files += 1
+            for item in files:
+                slots.acquire()
+                futures.append(pool.submit(job, item))
+                if len(futures) >= 256:
+                    stats.bytes += sum(f.result() for f in futures[:128])
+                    stats.files += 128
+                    del futures[:128]
+            stats.bytes += sum(f.result() for f in futures)
+            stats.files += len(futures)
         for first, full in later_links:
             os.link(first, full)
             stats.hardlinks += 1
