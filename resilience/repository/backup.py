@@ -317,7 +317,8 @@ class Backup:
 
     def _use_processes(self, files: list[Entry]) -> bool:
         setting = os.environ.get("RESILIENCE_PROCESSES", "auto")
-        if setting == "0" or (os.cpu_count() or 1) < 2 or not hasattr(self.source, "local_path"):
+        # Workers store their packs themselves, so a dry run stays with threads.
+        if setting == "0" or self.dry_run or (os.cpu_count() or 1) < 2 or not hasattr(self.source, "local_path"):
             return False
         return setting == "1" or (len(files) >= 32 and sum(e.size for e in files) >= PROCESS_THRESHOLD)
 

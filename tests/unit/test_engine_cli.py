@@ -151,3 +151,20 @@ def test_backup_copies_configured_in_repository_copies(tmp_path, cli):
     copies = json.loads(r.out)["results"][0]["copies"]
     assert copies[0]["ok"] and copies[0]["snapshots_copied"] == 1
     assert any(Path(tmp_path / "copy" / "snapshots").iterdir())
+
+
+def test_dry_run_stores_nothing_even_for_large_backups(setup, monkeypatch):
+    run, site, tmp = setup
+    monkeypatch.setenv("RESILIENCE_PROCESSES", "1")
+    (site / "big.bin").write_bytes(os.urandom(3 << 20))
+    assert run("init").code == 0
+
+    def objects() -> list[str]:
+        repo = tmp / "repo"
+        return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and p.parent.name != "locks")
+
+    before = objects()
+    r = run("backup", "--site", "portal", "--dry-run", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["results"][0]["bytes_added"] >= 3 << 20
+    assert objects() == before
