@@ -135,7 +135,7 @@ class RepositoryCopy(Strict):
 
 class RepositoryConfig(RepositoryCopy):
     copies: list[RepositoryCopy] = Field(default_factory=list)
-    compression: int = Field(default=3, ge=1, le=19)
+    compression: int = Field(default=1, ge=1, le=19)
     pack_size_mib: int = Field(default=16, ge=1, le=128)
 
     @property

@@ -88,7 +88,7 @@ def _zd(payload: bytes) -> bytes:
 class Repository:
     """An open repository. Create with :meth:`init` or :meth:`open`."""
 
-    def __init__(self, store: Store, key: MasterKey, config: dict[str, Any], *, compression: int = 3,
+    def __init__(self, store: Store, key: MasterKey, config: dict[str, Any], *, compression: int = 1,
                  pack_size: int = 16 << 20):
         self.store = store
         self.key = key
