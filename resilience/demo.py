@@ -50,14 +50,14 @@ def main(base: Path | None = None) -> None:
     print(f"demo folder: {base}")
     _run(cfg, "config", "check", env=env)
     _run(cfg, "init", env=env)
-    _run(cfg, "backup", "--site", "portal", env=env)
+    _run(cfg, "backup", "--site", "portal", "-v", env=env)
     # A day of publishing: the home page changes and a notice is added.
     index = site / "index.html"
     index.write_bytes(index.read_bytes().replace(b"</body>", b"<p>Notice: office hours changed.</p></body>"))
     (site / "news" / "2026-11-27-notice.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>通知</title></head>"
         "<body><h1>关于调整办公时间的通知</h1></body></html>\n", encoding="utf-8")
-    _run(cfg, "backup", "--site", "portal", env=env)
+    _run(cfg, "backup", "--site", "portal", "-v", env=env)
     _run(cfg, "snapshots", env=env)
     first = _first_snapshot(cfg, env)
     _run(cfg, "diff", first, "latest", env=env)
