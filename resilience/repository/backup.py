@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -159,7 +160,8 @@ class Backup:
                     emit(piece)
             try:
                 st = os.fstat(f.fileno())
-                if st.st_size != size or st.st_mtime_ns != e.mtime_ns:
+                # Only a regular file can change under us; a pipe has no size to compare.
+                if stat.S_ISREG(st.st_mode) and (st.st_size != size or st.st_mtime_ns != e.mtime_ns):
                     self._warn(f"{_show(e.path)}: changed during the backup (stored as read)")
                     e.size, e.mtime_ns, e.ctime_ns = size, st.st_mtime_ns, st.st_ctime_ns
             except (OSError, AttributeError, ValueError):

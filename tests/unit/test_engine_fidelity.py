@@ -352,3 +352,33 @@ def test_worker_processes_report_vanished_and_unreadable_files(tmp_path, monkeyp
     from resilience.repository.repo import iter_tree
 
     assert [p for p, _ in iter_tree(reopen(repo), snap.tree)] == [b"stays.html"]
+
+
+def test_stream_sources_store_program_output(tmp_path):
+    """A pipe from a program (like pg_dump) is cut as it is read; its size is not known."""
+    import subprocess
+
+    from resilience.repository.repo import iter_tree
+    from resilience.repository.restore import restore_to
+    from resilience.sources.stream import StreamFile, StreamSource
+
+    payload = os.urandom(3 << 20) + b"tail"
+
+    def run_cat():
+        proc = subprocess.Popen(["cat", str(tmp_path / "payload")], stdout=subprocess.PIPE)
+        return proc.stdout
+
+    (tmp_path / "payload").write_bytes(payload)
+    import io
+
+    src = StreamSource([StreamFile("db/portal.dump", run_cat),
+                        StreamFile("db/globals.sql", lambda: io.BytesIO(b"CREATE ROLE x;\n"))],
+                       {"kind": "database", "host": "db1", "path": "portal"})
+    repo = new_repo(tmp_path / "repo")
+    snap, stats = Backup(repo, src, site="portal", kind="database").run()
+    assert not stats.warnings and not stats.errors
+    paths = {p: n for p, n in iter_tree(reopen(repo), snap.tree)}
+    assert paths[b"db/portal.dump"]["size"] == len(payload)
+    restore_to(reopen(repo), snap, tmp_path / "out")
+    assert (tmp_path / "out" / "db" / "portal.dump").read_bytes() == payload
+    assert (tmp_path / "out" / "db" / "globals.sql").read_bytes() == b"CREATE ROLE x;\n"
