@@ -375,3 +375,46 @@ def restore_to(repo: Repository, snap: Snapshot, dest: str | os.PathLike, *, inc
 
 def _show(path: bytes) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def find_node(repo: Repository, snap: Snapshot, path: str) -> dict[str, Any]:
+    """The node at ``path`` (``a/b/c``) in a snapshot; UsageError if there is none."""
+    from .tree import node_name
+
+    tree = snap.tree
+    parts = [p for p in os.fsencode(path).split(b"/") if p]
+    node: dict[str, Any] | None = None
+    for i, part in enumerate(parts):
+        nodes = {node_name(n): n for n in repo.tree(tree)}
+        node = nodes.get(part)
+        if node is None or (i < len(parts) - 1 and node["type"] != DIR):
+            raise UsageError(f"{path}: not in snapshot {snap.short_id}")
+        tree = node.get("subtree", "")
+    if node is None:
+        raise UsageError(f"{path}: not in snapshot {snap.short_id}")
+    return node
+
+
+def stream_file(repo: Repository, snap: Snapshot, path: str, chunk_zeros: int = 1 << 20):
+    """Yield the content of the file at ``path`` in ``snap`` as bytes chunks (for piping a
+    dump into pg_restore without a temporary copy). The index must be loaded."""
+    node = find_node(repo, snap, path)
+    if node["type"] != FILE:
+        raise UsageError(f"{path}: not a file in snapshot {snap.short_id}")
+    fetcher = PackFetcher.for_repo(repo)
+    try:
+        for item in node.get("content", []):
+            if isinstance(item, dict):
+                left = int(item["zero"])
+                while left:
+                    n = min(left, chunk_zeros)
+                    yield bytes(n)
+                    left -= n
+                continue
+            bid = bytes.fromhex(item)
+            loc = repo.index.get(bid)
+            if loc is None:
+                raise ResilienceError(f"{path}: blob {item[:16]} is missing from the repository (run verify)")
+            yield fetcher.fetch(bid, loc)
+    finally:
+        fetcher.close()

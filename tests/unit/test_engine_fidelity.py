@@ -382,3 +382,17 @@ def test_stream_sources_store_program_output(tmp_path):
     restore_to(reopen(repo), snap, tmp_path / "out")
     assert (tmp_path / "out" / "db" / "portal.dump").read_bytes() == payload
     assert (tmp_path / "out" / "db" / "globals.sql").read_bytes() == b"CREATE ROLE x;\n"
+
+
+def test_stream_file_yields_a_files_content(tmp_path):
+    from resilience.errors import UsageError
+    from resilience.repository.restore import stream_file
+
+    src = build_awkward_tree(tmp_path)
+    repo = new_repo(tmp_path / "repo")
+    snap, _ = backup(repo, src)
+    fresh = reopen(repo)
+    assert b"".join(stream_file(fresh, snap, "sparse.img")) == (src / "sparse.img").read_bytes()
+    assert b"".join(stream_file(fresh, snap, "新闻/通知.html")) == (src / "新闻" / "通知.html").read_bytes()
+    with pytest.raises(UsageError):
+        list(stream_file(fresh, snap, "nope/x"))
