@@ -6,34 +6,50 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config, SiteConfig
-from ..errors import ExitCode, PartialFailure, ResilienceError, UsageError
+from ..control.ssh import SSH, target_for
+from ..errors import ExitCode, PartialFailure, ResilienceError, TemporaryError
 from ..evidence import Ledger
 from ..repository.backup import Backup, Progress
 from ..repository.repo import Repository
 from ..repository.snapshot import Snapshot
 from ..sources.base import Source
 from ..sources.local import LocalSource
+from ..sources.remote import RemoteSource
 from .copy import copy_to_all
 from .repository import opened
 
 
-def files_source(site_name: str, site: SiteConfig) -> Source:
-    """The Source for a site's files (local folder today; SSH members plug in here)."""
+def files_source(cfg: Config, site_name: str, site: SiteConfig, ssh: SSH) -> tuple[Source, list[dict[str, Any]]]:
+    """The Source for a site's files: the first member that answers, in the order of
+    ``files.hosts`` (``localhost`` = this machine). Returns (source, members tried)."""
     files = site.files
     assert files is not None
-    if files.hosts == ["localhost"]:
-        return LocalSource(files.path, files.exclude)
-    raise UsageError(f"site {site_name!r}: backing up files from remote hosts ({', '.join(files.hosts)}) "
-                     "is not available yet; only 'localhost' sites can be backed up in this version")
+    tried: list[dict[str, Any]] = []
+    for host in files.hosts:
+        if host == "localhost":
+            return LocalSource(files.path, files.exclude), tried
+        target = target_for(cfg, host)
+        reason = ssh.reachable(target)
+        if reason is None:
+            return RemoteSource(ssh, target, files.path, files.exclude), tried
+        tried.append({"host": host, "error": reason})
+        if reason.startswith("host key"):
+            # A changed host key may mean an impostor: never silently move on to the next.
+            raise ResilienceError(f"site {site_name!r}: {host}: {reason}")
+    raise TemporaryError(f"site {site_name!r}: no member reachable: "
+                         + "; ".join(f"{t['host']}: {t['error']}" for t in tried))
 
 
 def find_parent(repo: Repository, site: str, source: Source) -> Snapshot | None:
-    """The latest snapshot of the same site, kind and source path (for change detection)."""
+    """The latest snapshot of the same site, kind and source path, preferring one taken from
+    the same host (inode numbers only match there), for change detection."""
     desc = source.describe()
-    for snap in reversed(repo.snapshots(site=site)):
-        if snap.kind == desc["kind"] and snap.source.get("path") == desc.get("path"):
+    same = [s for s in repo.snapshots(site=site)
+            if s.kind == desc["kind"] and s.source.get("path") == desc.get("path")]
+    for snap in reversed(same):
+        if snap.source.get("host") == desc.get("host"):
             return snap
-    return None
+    return same[-1] if same else None
 
 
 def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = False,
@@ -45,7 +61,7 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
     results: list[dict[str, Any]] = []
     run = ledger.start_run("backup", {"sites": sites, "repository": cfg.repository.url if cfg.repository else None},
                            dry_run=dry_run)
-    with run, opened(cfg) as repo:
+    with run, opened(cfg) as repo, SSH() as ssh:
         run.details["repository_id"] = repo.id
         new: list[Snapshot] = []
         for name in sites:
@@ -58,7 +74,10 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
             host = ",".join(site.files.hosts)
             try:
                 with run.step(f"backup files of {name}", host=host) as step:
-                    source = files_source(name, site)
+                    source, tried = files_source(cfg, name, site, ssh)
+                    if tried:
+                        step.details["members_unreachable"] = tried
+                        result["members_unreachable"] = tried
                     parent = find_parent(repo, name, source)
                     prog = Progress()
                     engine = Backup(repo, source, site=name, parent=parent, dry_run=dry_run, progress=prog)
@@ -75,7 +94,12 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
                         result.update(snapshot=snap.id, short_id=snap.short_id)
                         new.append(snap)
                     step.details.update({k: v for k, v in summary.items() if k not in ("warnings", "errors")})
-                    step.details.update(snapshot=result.get("snapshot"), parent=result["parent"],
+                    member = source.describe().get("host")
+                    result["member"] = member
+                    if hasattr(source, "bytes_received"):
+                        result["bytes_transferred"] = source.bytes_received
+                    step.details.update(snapshot=result.get("snapshot"), parent=result["parent"], member=member,
+                                        bytes_transferred=result.get("bytes_transferred"),
                                         warnings=stats.warnings[:50], errors=stats.errors[:50])
                     result["ok"] = not stats.errors
                     if stats.errors:

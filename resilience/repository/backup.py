@@ -159,6 +159,8 @@ class Backup:
                 for piece in self._chunker().cut_stream(f):
                     emit(piece)
             try:
+                if not hasattr(self.source, "local_path"):
+                    raise ValueError("not reading the live file")
                 st = os.fstat(f.fileno())
                 # Only a regular file can change under us; a pipe has no size to compare.
                 if stat.S_ISREG(st.st_mode) and (st.st_size != size or st.st_mtime_ns != e.mtime_ns):

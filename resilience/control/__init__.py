@@ -1,0 +1,1 @@
+"""Control plane: SSH to hosts, Ansible playbooks."""
