@@ -10,6 +10,7 @@ from ..control.ssh import SSH, target_for
 from ..errors import ExitCode, PartialFailure, ResilienceError, TemporaryError
 from ..evidence import Ledger
 from ..repository.backup import Backup, Progress
+from ..repository.parent import ParentDamaged
 from ..repository.repo import Repository
 from ..repository.snapshot import Snapshot
 from ..sources.base import Source
@@ -83,7 +84,16 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
                     engine = Backup(repo, source, site=name, parent=parent, dry_run=dry_run, progress=prog)
                     ui = progress(prog) if progress else None
                     try:
-                        snap, stats = engine.run()
+                        try:
+                            snap, stats = engine.run()
+                        except ParentDamaged as exc:
+                            # Never let a damaged old snapshot block new backups: read everything.
+                            step.details["parent_unreadable"] = exc.message
+                            source, _ = files_source(cfg, name, site, ssh)
+                            parent = None
+                            engine = Backup(repo, source, site=name, dry_run=dry_run, progress=prog)
+                            snap, stats = engine.run()
+                            stats.warnings.append(exc.message + "; backed up without it")
                     finally:
                         if ui is not None:
                             ui.close()

@@ -16,6 +16,7 @@ from ..actions import browse, maintenance
 from ..actions.copy import copy_to
 from ..actions.repository import opened
 from ..actions.restore import restore_to_dir
+from ..actions.restore_site import restore_site
 from ..config import RepositoryCopy
 from ..errors import ExitCode, UsageError
 from ..repository.retention import Policy
@@ -183,21 +184,78 @@ def diff(snapshot_a: str, snapshot_b: str, site: str | None) -> None:
 
 @click.command("restore", epilog="""\b
 Examples:
-  resilience restore --site portal --to /srv/restore/portal
+  resilience restore --site portal --host web1 --files-only --yes     # after a tamper
+  resilience restore --site portal --all-members --dry-run            # what would change
+  resilience restore --site portal --database-only                    # prove the dump (scratch)
+  resilience restore --site portal --database-only --target live --yes
   resilience restore --site portal --snapshot 3fa2c1d0 --to /tmp/p --include 'news/**'
-DIR receives the tree of the site's files.path (DIR/index.html). DIR must be new or
-empty; the restore is staged beside it and moved into place only when complete.""")
+Onto members: only what differs is sent, extra files are removed, the new tree is staged
+beside the live one and swapped in atomically, then the site is checked through the
+balancer. With --to DIR the site's files go into a new or empty local folder instead.""")
 @click.option("--site", required=True, metavar="NAME", help="The site to restore.")
 @click.option("--snapshot", default="latest", show_default=True, metavar="ID|latest")
-@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Restore into this new or empty folder.")
-@click.option("--include", multiple=True, metavar="PATTERN", help="Only matching paths (repeatable).")
-@click.option("--dry-run", is_flag=True, help="Show what would be restored.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Restore this member (repeatable).")
+@click.option("--all-members", is_flag=True, help="Restore every member of the site (the default).")
+@click.option("--files-only", is_flag=True, help="Only the files.")
+@click.option("--database-only", is_flag=True, help="Only the database.")
+@click.option("--target", type=click.Choice(["scratch", "live"]), default="scratch", show_default=True,
+              help="Database: prove the dump in a scratch database, or replace the live one.")
+@click.option("--to", "dest", type=click.Path(path_type=Path), metavar="DIR",
+              help="Restore the files into this new or empty local folder instead.")
+@click.option("--include", multiple=True, metavar="PATTERN", help="With --to: only matching paths.")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would change; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask before changing live members or the live database.")
 @common
-def restore(site: str, snapshot: str, dest: Path, include: tuple[str, ...], dry_run: bool, yes: bool) -> None:
-    """Restore a site's files from a snapshot into a folder."""
+def restore(site: str, snapshot: str, hosts: tuple[str, ...], all_members: bool, files_only: bool,
+            database_only: bool, target: str, dest: Path | None, include: tuple[str, ...], dry_run: bool,
+            yes: bool) -> None:
+    """Restore a site from a snapshot: onto its members, its database, or into a folder."""
     a = app()
+    if files_only and database_only:
+        raise UsageError("give --files-only or --database-only, not both")
+    if hosts and all_members:
+        raise UsageError("give --host or --all-members, not both")
+    if dest is not None:
+        if hosts or all_members or database_only:
+            raise UsageError("--to restores files into a folder; it does not take --host, --all-members "
+                             "or --database-only")
+        return _restore_to_folder(a, site, snapshot, dest, include, dry_run)
+    if include:
+        raise UsageError("--include needs --to DIR")
+    res = restore_site(a.config(), a.ledger(), site, snapshot=snapshot, hosts=list(hosts) or None,
+                       files=not database_only, database=not files_only, target=target, dry_run=dry_run,
+                       confirm=None if yes else _confirm)
+
+    def human() -> None:
+        verb = "would" if dry_run else "did"
+        if res.get("short_id"):
+            click.echo(f"snapshot {res['short_id']} of {site} ({res['snapshot_time'][:19]})")
+        for host, m in res["members"].items():
+            state = "in sync" if not m["send"] and not m["remove"] else (
+                f"{verb} add {m['added']}, change {m['changed']}, remove {m['removed']}")
+            click.echo(f"  {host}: {state}; {m['unchanged']} unchanged ({m['hashed']} compared by sha256)")
+            if dry_run:
+                for p in m["send"]:
+                    click.echo(f"    send   {p}")
+                for p in m["remove"]:
+                    click.echo(f"    remove {p}")
+        if "database" in res:
+            d = res["database"]
+            click.echo(f"  database: {d.get('summary') or d}")
+        for where, results in res.get("checks", {}).items():
+            bad = [r for r in results if not r["ok"]]
+            click.echo(f"  check {where}: {'ok' if not bad else '; '.join(r['url'] + ': ' + r['error'] for r in bad)}")
+
+    emit(res, human)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError("this changes live hosts: confirm with --yes (no terminal to ask on)")
+    return click.confirm(question, default=False, err=True)
+
+
+def _restore_to_folder(a, site: str, snapshot: str, dest: Path, include: tuple[str, ...], dry_run: bool) -> None:
     res = restore_to_dir(a.config(), a.ledger(), site, dest, snapshot=snapshot, include=list(include),
                          dry_run=dry_run, progress=progress_factory("restore"))
 

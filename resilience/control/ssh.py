@@ -171,5 +171,7 @@ def raise_for(t: Target, code: int, stderr: bytes) -> None:
         if reason.startswith("permission denied"):
             raise UsageError(f"{t.name}: ssh {reason}")
         raise TemporaryError(f"{t.name}: ssh failed: {reason or 'connection error'}")
-    last = stderr.decode("utf-8", "replace").strip().splitlines()
-    raise ResilienceError(f"{t.name}: remote command failed (exit {code}): {redact_text(last[-1]) if last else ''}")
+    lines = [ln for ln in stderr.decode("utf-8", "replace").strip().splitlines() if ln.strip()]
+    # The first line usually says what went wrong; the last often only "exiting with failure".
+    first = next((ln for ln in lines if "Exiting with failure" not in ln), lines[-1] if lines else "")
+    raise ResilienceError(f"{t.name}: remote command failed (exit {code}): {redact_text(first)}")

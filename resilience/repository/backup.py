@@ -197,7 +197,7 @@ class Backup:
         self.writer.prepare = prepare_index
         source_path = str(self.source.describe().get("path", ""))
         cache = statcache.load(self.repo, self.site, source_path, self.parent.id) if self.parent else None
-        view = self.view = ParentView(self.repo, self.parent, cache)
+        view = self.view = ParentView(self.repo, self.parent, cache, before_read=self.writer.ensure_prepared)
 
         nodes: dict[bytes, dict[str, Any]] = {}
         kinds: dict[bytes, str] = {}

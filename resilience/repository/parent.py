@@ -30,12 +30,19 @@ def node_key(node: dict[str, Any]) -> StatKey:
                     node.get("inode", 0), node.get("dev", 0))
 
 
-class ParentView:
-    """Read-only access to the parent snapshot. Damaged parent trees read as empty: a damaged
-    parent only costs re-reading files, it never stops a backup."""
+class ParentDamaged(ResilienceError):
+    """The parent snapshot cannot be read; the backup must run without it."""
 
-    def __init__(self, repo: Repository, parent: Snapshot | None, cache: Cache | None = None):
+
+class ParentView:
+    """Read-only access to the parent snapshot. A parent tree that cannot be read raises
+    ParentDamaged; the caller then backs up without a parent (everything is read again)."""
+
+    def __init__(self, repo: Repository, parent: Snapshot | None, cache: Cache | None = None,
+                 before_read=None):
         self.repo = repo
+        #: called before the first tree is read (the index may not be loaded yet)
+        self.before_read = before_read
         self.parent = parent
         self.cache = cache
         self._nodes: dict[bytes, dict[bytes, dict[str, Any]]] = {}
@@ -70,10 +77,13 @@ class ParentView:
         tid = self.subtree(folder)
         out: dict[bytes, dict[str, Any]] = {}
         if tid:
+            if self.before_read is not None:
+                self.before_read()
+                self.before_read = None
             try:
                 out = {node_name(n): n for n in self.repo.tree(tid)}
-                self.trees_decoded += 1
-            except ResilienceError:
-                out = {}
+            except ResilienceError as exc:
+                raise ParentDamaged(f"the parent snapshot {self.parent.short_id} is unreadable: {exc}") from None
+            self.trees_decoded += 1
         self._nodes[folder] = out
         return out

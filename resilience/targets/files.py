@@ -1,0 +1,308 @@
+"""Restore a site's files onto a cluster member: delta, staged, swapped in atomically.
+
+1. List the member's current tree (``find``) and compare it with the snapshot. A file is
+   unchanged when its stat key still equals the snapshot's (only possible on the member the
+   snapshot was taken from: ctime cannot be faked); otherwise, when the size matches, the
+   member computes its sha256 and it is compared with the snapshot's. What differs is sent,
+   what should not be there is removed (a planted web shell, say).
+2. ``cp -al`` makes a staging copy beside the live folder (hard links: no data copied), the
+   removals are applied there and the changed entries are extracted into it from one tar
+   stream (``--unlink-first``: a hard-linked live file is replaced, never written through).
+   Every folder's metadata comes from the snapshot.
+3. The staging folder and the live one are exchanged with ``renameat2(RENAME_EXCHANGE)`` —
+   one atomic step, so nginx never serves a mix of old and new — and the old tree is deleted.
+   Any failure before the exchange deletes the staging copy: the live tree stays as it was.
+4. The member is listed again and must match the snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import tarfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..control.ssh import SSH, Target, quote, raise_for
+from ..errors import ResilienceError
+from ..repository.repo import Repository, iter_tree
+from ..repository.restore import PackFetcher
+from ..repository.snapshot import Snapshot
+from ..repository.tree import DIR, FIFO, FILE, SYMLINK, get_bytes
+from ..sources.patterns import Matcher
+from ..sources.remote import FIND_FORMAT, parse_listing
+
+# Exchanges two paths atomically (Linux renameat2 RENAME_EXCHANGE). Python is on every
+# Ansible-managed host; coreutils 9.1 (Debian 12) has no `mv --exchange` yet.
+EXCHANGE_PY = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+a, b = (os.fsencode(x) for x in sys.argv[1:3])
+if libc.renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0:
+    e = ctypes.get_errno()
+    sys.exit("renameat2: " + os.strerror(e))
+"""
+
+
+@dataclass
+class MemberPlan:
+    """What restoring a member changes."""
+
+    host: str
+    send: list[bytes] = field(default_factory=list)     # files/links/specials to (re)create
+    remove: list[bytes] = field(default_factory=list)   # paths that must not be there
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    hashed: int = 0
+    unchanged: int = 0
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.send and not self.remove
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["send"] = [p.decode("utf-8", "backslashreplace") for p in self.send[:200]]
+        d["remove"] = [p.decode("utf-8", "backslashreplace") for p in self.remove[:200]]
+        return d
+
+
+def _list_member(ssh: SSH, t: Target, path: str) -> dict[bytes, dict[str, Any]]:
+    cmd = f"LC_ALL=C; export LC_ALL; [ -d {quote(path)} ] || exit 3; find {quote(path)} -printf {quote(FIND_FORMAT)}"
+    proc = ssh.run(t, cmd, check=False, timeout=900)
+    if proc.returncode == 3:
+        return {}
+    if proc.returncode not in (0, 1):
+        raise_for(t, proc.returncode, proc.stderr)
+    return dict(parse_listing(proc.stdout))
+
+
+def _hash_on_member(ssh: SSH, t: Target, path: str, rels: list[bytes]) -> dict[bytes, str]:
+    """sha256 of the given files, computed on the member. One sha256sum at a time: parallel
+    ones would interleave their output records."""
+    if not rels:
+        return {}
+    cmd = f"cd {quote(path)} && xargs -0 -r sha256sum -z --"
+    proc = ssh.run(t, cmd, input=b"".join(r + b"\0" for r in rels), check=False, timeout=1800)
+    if proc.returncode not in (0, 123):
+        raise_for(t, proc.returncode, proc.stderr)
+    out = {}
+    for rec in proc.stdout.split(b"\0"):
+        if len(rec) > 66 and rec[64:66] == b"  ":
+            out[rec[66:]] = rec[:64].decode()
+    return out
+
+
+def _same_meta(cur: dict[str, Any], node: dict[str, Any]) -> bool:
+    if cur["type"] == SYMLINK:
+        return cur["target"] == get_bytes(node, "target") and (cur["uid"], cur["gid"]) == (node.get("uid"), node.get("gid"))
+    return (cur["mode"], cur["uid"], cur["gid"], cur["mtime_ns"]) == (
+        node.get("mode"), node.get("uid"), node.get("gid"), node.get("mtime_ns"))
+
+
+def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str,
+                exclude: list[str] | None = None) -> tuple[MemberPlan, list]:
+    """Compare the member's tree with the snapshot. Returns (plan, the snapshot's entries).
+    Paths matching ``exclude`` (not backed up, e.g. caches) are left alone."""
+    skip = Matcher(exclude or [])
+    items = list(iter_tree(repo, snap.tree))
+    current = _list_member(ssh, t, path)
+    plan = MemberPlan(t.name)
+    want: dict[bytes, dict[str, Any]] = dict(items)
+    to_hash: list[bytes] = []
+    for rel, node in items:
+        cur = current.get(rel)
+        kind = node["type"]
+        if cur is None:
+            plan.added += kind != DIR
+            if kind != DIR:
+                plan.send.append(rel)
+            continue
+        if cur["type"] != kind:
+            plan.remove.append(rel)
+            plan.changed += 1
+            if kind != DIR:
+                plan.send.append(rel)
+            continue
+        if kind == DIR:
+            continue
+        if kind == FILE:
+            same_stat = (cur["size"], cur["mtime_ns"], cur["ctime_ns"], cur["inode"]) == (
+                node.get("size"), node.get("mtime_ns"), node.get("ctime_ns"), node.get("inode"))
+            if same_stat and _same_meta(cur, node):
+                plan.unchanged += 1
+                continue
+            if cur["size"] == node.get("size") and node.get("sha256"):
+                to_hash.append(rel)
+                continue
+            plan.changed += 1
+            plan.send.append(rel)
+        elif not _same_meta(cur, node):
+            plan.changed += 1
+            plan.send.append(rel)
+        else:
+            plan.unchanged += 1
+    digests = _hash_on_member(ssh, t, path, to_hash)
+    plan.hashed = len(to_hash)
+    for rel in to_hash:
+        node, cur = want[rel], current[rel]
+        if digests.get(rel) == node["sha256"] and _same_meta(cur, node):
+            plan.unchanged += 1
+        else:
+            plan.changed += 1
+            plan.send.append(rel)
+    # Whatever is on the member but not in the snapshot goes (deepest last is fine: rm -rf).
+    extra = sorted(p for p in current if p and p not in want
+                   and not (skip and skip.match(p, current[p]["type"] == DIR)))
+    top = []
+    for p in extra:
+        if not any(p.startswith(x + b"/") for x in top[-1:]):
+            top.append(p)
+    plan.remove.extend(top)
+    plan.removed = len(extra)
+    return plan, items
+
+
+class _Stream(io.RawIOBase):
+    """A file-like view of a file's content in the repository (for tarfile)."""
+
+    def __init__(self, chunks):
+        self.chunks, self.buf = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self.buf:
+            nxt = next(self.chunks, None)
+            if nxt is None:
+                return 0
+            self.buf = nxt
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+
+def _content(repo: Repository, fetcher: PackFetcher, node: dict[str, Any]):
+    for item in node.get("content", []):
+        if isinstance(item, dict):
+            left = int(item["zero"])
+            while left:
+                n = min(left, 1 << 20)
+                yield bytes(n)
+                left -= n
+        else:
+            bid = bytes.fromhex(item)
+            loc = repo.index.get(bid)
+            if loc is None:
+                raise ResilienceError(f"blob {item[:16]} is missing from the repository (run verify)")
+            yield fetcher.fetch(bid, loc)
+
+
+def _tarinfo(name: bytes, node: dict[str, Any]) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(os.fsdecode(name) if name else ".")
+    ti.mode = node.get("mode", 0o755 if node["type"] == DIR else 0o644)
+    ti.uid, ti.gid = node.get("uid", 0), node.get("gid", 0)
+    ti.uname, ti.gname = node.get("user") or "", node.get("group") or ""
+    mtime = int(node.get("mtime_ns", 0))
+    ti.mtime = mtime // 1_000_000_000
+    # PAX keeps the nanoseconds that the ustar header cannot hold.
+    ti.pax_headers["mtime"] = f"{mtime // 1_000_000_000}.{mtime % 1_000_000_000:09d}"
+    kind = node["type"]
+    if kind == DIR:
+        ti.type = tarfile.DIRTYPE
+    elif kind == SYMLINK:
+        ti.type = tarfile.SYMTYPE
+        ti.linkname = os.fsdecode(get_bytes(node, "target") or b"")
+    elif kind == FIFO:
+        ti.type = tarfile.FIFOTYPE
+    else:
+        ti.type = tarfile.REGTYPE
+        ti.size = int(node.get("size", 0))
+    return ti
+
+
+def _write_tar(repo: Repository, items, send: set[bytes], pipe) -> None:
+    """Every folder (for its metadata) and the entries in ``send``, as a PAX tar stream."""
+    fetcher = PackFetcher.for_repo(repo)
+    links: dict[tuple[int, int], bytes] = {}
+    try:
+        with tarfile.open(fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for rel, node in items:
+                kind = node["type"]
+                if kind == FILE and node.get("nlink", 1) > 1:
+                    key = (node.get("dev", 0), node.get("inode", 0))
+                    first = links.setdefault(key, rel)
+                    if first != rel and rel in send:
+                        ti = _tarinfo(rel, node)
+                        ti.type, ti.size, ti.linkname = tarfile.LNKTYPE, 0, os.fsdecode(first)
+                        tar.addfile(ti)
+                        continue
+                if kind == DIR:
+                    tar.addfile(_tarinfo(rel, node))
+                elif rel in send:
+                    if kind == FILE:
+                        tar.addfile(_tarinfo(rel, node), io.BufferedReader(_Stream(_content(repo, fetcher, node)),
+                                                                           1 << 20))
+                    elif kind in (SYMLINK, FIFO):
+                        tar.addfile(_tarinfo(rel, node))
+    finally:
+        fetcher.close()
+        pipe.close()
+
+
+def apply_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str, plan: MemberPlan,
+                 items) -> dict[str, Any]:
+    """Build the staging copy, swap it in, delete the old tree. Raises on failure, after
+    removing the staging copy (the live tree is then untouched)."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    parent = parent or "/"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stage = f"{parent}/.{name}.resilience-stage-{stamp}"
+    t0 = time.monotonic()
+    q = quote
+    # Staging copy: hard links, so only the changed files take space.
+    prep = (f"set -e; rm -rf {q(stage)}; if [ -d {q(path)} ]; then cp -al {q(path)} {q(stage)}; "
+            f"else mkdir -p {q(stage)}; fi")
+    ssh.run(t, prep, timeout=1800)
+    try:
+        # Entries to be replaced are removed from the staging copy first: each is then a new
+        # inode, never written through a hard link shared with the live tree.
+        doomed = plan.remove + plan.send
+        if doomed:
+            ssh.run(t, f"cd {q(stage)} && xargs -0 -r rm -rf --", input=b"".join(p + b"\0" for p in doomed),
+                    timeout=900)
+        xattrs = any(node.get("xattrs") for _, node in items)
+        extract = (f"cd {q(stage)} && tar -xpf - --numeric-owner --delay-directory-restore"
+                   + (" --xattrs --xattrs-include='user.*'" if xattrs else ""))
+        proc = ssh.popen(t, extract, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err: list[bytes] = []
+        drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        drain.start()
+        # A tar that died early closes the pipe; its exit status below tells why.
+        with contextlib.suppress(BrokenPipeError):
+            _write_tar(repo, [(b"", dict(snap.source.get("root") or {"type": DIR}, type=DIR))] + items,
+                       set(plan.send), proc.stdin)
+        code = proc.wait()
+        drain.join(5)
+        if code != 0:
+            raise_for(t, code, b"".join(err) or b"tar failed")
+        swap = f"python3 -c {q(EXCHANGE_PY)} {q(stage)} {q(path)}"
+        ssh.run(t, swap if _exists(ssh, t, path) else f"mv -T {q(stage)} {q(path)}", timeout=60)
+    except BaseException:
+        ssh.run(t, f"rm -rf {q(stage)}", check=False, timeout=900)
+        raise
+    # After the exchange the staging name holds the previous tree.
+    ssh.run(t, f"rm -rf {q(stage)}", check=False, timeout=900)
+    return {"staged_and_swapped_s": round(time.monotonic() - t0, 3)}
+
+
+def _exists(ssh: SSH, t: Target, path: str) -> bool:
+    return ssh.run(t, f"[ -d {quote(path)} ]", check=False).returncode == 0
