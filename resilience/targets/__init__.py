@@ -1,0 +1,1 @@
+"""Consumers of snapshots: put backed-up data back where it serves (databases, …)."""
