@@ -54,10 +54,12 @@ Examples:
 Exit 3 when some files or sites could not be backed up (the rest was).""")
 @click.option("--site", "sites", multiple=True, metavar="NAME", help="Site to back up (repeatable).")
 @click.option("--all", "all_", is_flag=True, help="Back up every configured site.")
+@click.option("--files-only", is_flag=True, help="Only the sites' files.")
+@click.option("--database-only", is_flag=True, help="Only the sites' databases.")
 @click.option("--dry-run", is_flag=True, help="Read and count, store nothing.")
 @common
-def backup(sites: tuple[str, ...], all_: bool, dry_run: bool) -> int:
-    """Back up sites into the repository."""
+def backup(sites: tuple[str, ...], all_: bool, files_only: bool, database_only: bool, dry_run: bool) -> int:
+    """Back up sites (files and database, as one recorded run) into the repository."""
     a = app()
     cfg = a.config()
     if all_ == bool(sites):
@@ -65,8 +67,10 @@ def backup(sites: tuple[str, ...], all_: bool, dry_run: bool) -> int:
     names = sorted(cfg.sites) if all_ else list(sites)
     if not names:
         raise UsageError("no sites configured")
-    results, code = backup_action.backup(cfg, a.ledger(), names, dry_run=dry_run,
-                                         progress=progress_factory("backup"))
+    if files_only and database_only:
+        raise UsageError("give --files-only or --database-only, not both")
+    results, code = backup_action.backup(cfg, a.ledger(), names, dry_run=dry_run, files=not database_only,
+                                         database=not files_only, progress=progress_factory("backup"))
 
     # Under cron (no terminal) a successful backup prints nothing unless -v: cron mails output.
     chatty = a.verbose > 0 or sys.stdout.isatty()
@@ -79,7 +83,6 @@ def backup(sites: tuple[str, ...], all_: bool, dry_run: bool) -> int:
                 continue
             if "error" in r:
                 click.echo(f"{r['site']}: FAILED: {r['error']}", err=True)
-                continue
             for w in r.get("warnings", [])[:20]:
                 click.echo(f"{r['site']}: warning: {w}", err=True)
             for e in r.get("errors", [])[:20]:
@@ -89,10 +92,16 @@ def backup(sites: tuple[str, ...], all_: bool, dry_run: bool) -> int:
                     click.echo(f"{r['site']}: copy to {c['to']} FAILED: {c.get('error')}", err=True)
             if not chatty:
                 continue
-            head = "would add" if dry_run else f"snapshot {r.get('short_id')} saved;"
-            click.echo(f"{r['site']}: {head} files new {r['files_new']}, changed {r['files_changed']}, "
-                       f"unchanged {r['files_unchanged']}; read {_size(r['bytes_read'])}, added {_size(r['bytes_added'])}, "
-                       f"stored {_size(r['bytes_stored'])} in {r['duration_s']:.1f} s")
+            if "files_new" in r:
+                head = "would add" if dry_run else f"snapshot {r.get('short_id')} saved;"
+                click.echo(f"{r['site']}: {head} files new {r['files_new']}, changed {r['files_changed']}, "
+                           f"unchanged {r['files_unchanged']}; read {_size(r['bytes_read'])}, added {_size(r['bytes_added'])}, "
+                           f"stored {_size(r['bytes_stored'])} in {r['duration_s']:.1f} s")
+            d = r.get("database")
+            if d and "bytes_read" in d:
+                head = "would add" if dry_run else f"snapshot {d.get('short_id')} saved;"
+                click.echo(f"{r['site']}: database {d['database']}: {head} {d['tables']} tables, {d['rows']} rows; "
+                           f"dump {_size(d['bytes_read'])}, stored {_size(d['bytes_stored'])} in {d['duration_s']:.1f} s")
             for c in r.get("copies", []):
                 if c["ok"]:
                     click.echo(f"  copy to {c['to']}: {c['snapshots_copied']} snapshot(s), {_size(c['bytes_sent'])} sent")
