@@ -307,10 +307,13 @@ def database_properties(conn: psycopg.Connection, name: str) -> dict[str, Any] |
 # -- the dump stream --------------------------------------------------------------------------
 
 def last_error_line(stderr: bytes) -> str:
-    """The last non-empty line a program wrote to stderr, secrets masked (the message shown
-    when it fails)."""
+    """The line to show when a program fails: its last ``error:``/``FATAL:`` line (pg_dump
+    follows its error with ``detail:`` lines), else its last non-empty line; secrets masked."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return redact_text(lines[-1]) if lines else "no message"
+    if not lines:
+        return "no message"
+    errors = [ln for ln in lines if re.search(r"\berror:|\bFATAL:", ln, re.I)]
+    return redact_text((errors or lines)[-1])
 
 
 class ProgramStream:
@@ -378,18 +381,23 @@ class ProgramStream:
         self._done = True
         if rc != 0:
             how = f"was killed by signal {-rc}" if rc < 0 else f"failed (exit {rc})"
-            message = f"{self.what} {how}: {self._last_line()}"
-            cls = TemporaryError if "lock timeout" in message else ResilienceError
-            raise self._fail(message, cls)
+            tail = self._tail()
+            message = f"{self.what} {how}: {last_error_line(tail)}"
+            if b"LOCK TABLE" in tail and re.search(rb"(lock|statement) timeout", tail):
+                # pg_dump could not lock a table in time (a schema change was queued): a
+                # later run will succeed, hence exit 75.
+                raise self._fail(message + f" (no table lock within {LOCK_WAIT_TIMEOUT}; "
+                                 "retry later)", TemporaryError)
+            raise self._fail(message)
         if self.bytes == 0:
-            raise self._fail(f"{self.what} produced no output: {self._last_line()}")
+            raise self._fail(f"{self.what} produced no output: {last_error_line(self._tail())}")
         if self.magic and not self._head.startswith(self.magic):
             raise self._fail(f"{self.what} produced something that is not its expected format")
         self._finish_step(None)
 
-    def _last_line(self) -> str:
+    def _tail(self) -> bytes:
         self._stderr.seek(0)
-        return last_error_line(self._stderr.read()[-4096:])
+        return self._stderr.read()[-4096:]
 
     def _fail(self, message: str, cls: type[ResilienceError] = ResilienceError) -> ResilienceError:
         self._done = True

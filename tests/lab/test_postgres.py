@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -465,4 +466,33 @@ def test_a_failing_globals_dump_fails_the_whole_backup(site, repo, bench_db):
         dump.source.files[1].opener = broken_globals
         with pytest.raises(ResilienceError, match="on purpose"):
             Backup(repo, dump.source, site="portal", kind="database", meta=dump.meta).run()
+    assert repo.snapshots() == []
+
+
+def test_a_schema_change_queued_during_the_backup_fails_it_as_temporary(
+        site, repo, bench_db, monkeypatch):
+    """The counting transaction holds its table locks until pg_dump has its own; a DDL queued
+    in between would make pg_dump wait behind it forever: it gives up and asks for a retry."""
+    import resilience.sources.postgres as source
+
+    monkeypatch.setattr(source, "LOCK_WAIT_TIMEOUT", "2s")
+    db, address = site
+    bench = db.model_copy(update={"name": BENCH_DB})
+    outcome = []
+    with dump_source("portal", bench, address) as dump, su(BENCH_DB) as ddl:
+        def alter():
+            ddl.execute("SET lock_timeout = '30s'")
+            ddl.execute("ALTER TABLE pgbench_branches ADD COLUMN rsl_test int")
+            outcome.append(time.monotonic())
+
+        t = threading.Thread(target=alter)
+        t.start()
+        time.sleep(0.5)
+        assert not outcome, "the DDL must wait for the counting transaction"
+        with pytest.raises(TemporaryError, match="retry later"):
+            Backup(repo, dump.source, site="portal", kind="database", meta=dump.meta).run()
+        dump.close()
+        t.join(30)
+        assert outcome, "the DDL goes through once the backup gave up"
+        ddl.execute("ALTER TABLE pgbench_branches DROP COLUMN rsl_test")
     assert repo.snapshots() == []

@@ -110,6 +110,10 @@ def test_last_error_line_is_redacted():
     line = pg.last_error_line(err)
     assert "hunter2" not in line and line.startswith("pg_dump: error")
     assert pg.last_error_line(b"") == "no message"
+    err = (b"pg_dump: error: query failed: ERROR:  canceling statement due to lock timeout\n"
+           b"pg_dump: detail: Query was: LOCK TABLE public.t IN ACCESS SHARE MODE\n")
+    assert pg.last_error_line(err).endswith("due to lock timeout")
+    assert pg.last_error_line(b"just a line\n") == "just a line"
 
 
 def _sh(script: str) -> list[str]:
@@ -146,7 +150,9 @@ def test_program_stream_reports_death_by_signal_and_lock_timeouts_as_temporary()
     with pg.ProgramStream(_sh("printf abc; kill -9 $$"), dict(os.environ), what="d") as s, \
             pytest.raises(ResilienceError, match="killed by signal 9"):
         s.read(100), s.read(100), s.read(100)
-    script = "echo 'ERROR:  canceling statement due to lock timeout' >&2; exit 1"
+    script = ("echo 'pg_dump: error: query failed: ERROR:  canceling statement due to "
+              "statement timeout' >&2; echo 'pg_dump: detail: Query was: LOCK TABLE public.t "
+              "IN ACCESS SHARE MODE' >&2; exit 1")
     with pg.ProgramStream(_sh(script), dict(os.environ), what="d") as s, \
             pytest.raises(TemporaryError):
         s.read(100)
