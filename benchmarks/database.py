@@ -108,8 +108,8 @@ def main() -> None:
         res["plain_dump_file"] = run([f"{pg}/pg_dump", "-Fc", "-f", str(dump_file),
                                       *conn_args(DB)], env)
         sizes["plain_dump_file"] = dump_file.stat().st_size
-        res["plain_dump_Z0_devnull"] = run([f"{pg}/pg_dump", "-Fc", "-Z0", "--no-sync", "-f", "/dev/null",
-                                            *conn_args(DB)], env)
+        res["plain_dump_Z0_devnull"] = run([f"{pg}/pg_dump", "-Fc", "-Z0", "--no-sync",
+                                            "-f", "/dev/null", *conn_args(DB)], env)
         for jobs in (1, 2):
             sql(f"DROP DATABASE IF EXISTS {PLAIN_RESTORE}")
             sql(f"CREATE DATABASE {PLAIN_RESTORE}")

@@ -279,6 +279,9 @@ def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str
     return out
 
 
+PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
+
+
 def database_properties(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
     """Owner, encoding, locale and ACL of database ``name`` (None when it does not exist).
     Read through to_jsonb so that columns renamed across majors (daticulocale → datlocale)
@@ -295,8 +298,7 @@ def database_properties(conn: psycopg.Connection, name: str) -> dict[str, Any] |
         "encoding": row[2],
         "collate": d.get("datcollate"),
         "ctype": d.get("datctype"),
-        "locale_provider": {"c": "libc", "i": "icu", "b": "builtin"}.get(d.get("datlocprovider", "c"),
-                                                                      "libc"),
+        "locale_provider": PROVIDERS.get(d.get("datlocprovider", "c"), "libc"),
         "icu_locale": d.get("daticulocale") or d.get("datlocale"),
         "connection_limit": d.get("datconnlimit"),
         "allow_connections": d.get("datallowconn"),
@@ -334,8 +336,7 @@ class ProgramStream:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=self._stderr, env=env, bufsize=0,
-                                         start_new_session=False)
+                                         stderr=self._stderr, env=env, bufsize=0)
         except OSError as exc:
             self._stderr.close()
             err = ResilienceError(f"{what}: cannot start {argv[0]}: {exc.strerror or exc}")
@@ -362,7 +363,8 @@ class ProgramStream:
         if self._done:
             return b""
         try:
-            data = self.proc.stdout.read(n) if n is not None and n > 0 else self.proc.stdout.readall()
+            out = self.proc.stdout
+            data = out.read(n) if n is not None and n > 0 else out.readall()
         except OSError as exc:
             raise self._fail(f"{self.what}: reading its output failed: {exc.strerror}") from None
         if not data:
@@ -396,8 +398,9 @@ class ProgramStream:
         self._finish_step(None)
 
     def _tail(self) -> bytes:
-        self._stderr.seek(0)
-        return self._stderr.read()[-4096:]
+        size = self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, size - 4096))
+        return self._stderr.read()
 
     def _fail(self, message: str, cls: type[ResilienceError] = ResilienceError) -> ResilienceError:
         self._done = True

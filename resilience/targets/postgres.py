@@ -290,8 +290,9 @@ def pg_restore_into(repo: Repository, snap: Snapshot, path: str, tool: str, dsn:
                     for chunk in stream_file(repo, snap, path):
                         f.write(chunk)
                         written += len(chunk)
-                proc = subprocess.run([*argv, f"--jobs={jobs}", dump_path], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=err, env=env, check=False)
+                proc = subprocess.run([*argv, f"--jobs={jobs}", dump_path],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=err, env=env, check=False)
                 rc = proc.returncode
             finally:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -79,9 +79,9 @@ def table_digests(dbname: str) -> dict[str, tuple[int, str]]:
                 "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary "
                 "ORDER BY array_position(i.indkey, a.attnum)", (oid,)).fetchall()]
             order = ", ".join(f'x."{c}"' for c in pk) or "x::text"
+            rows = f"string_agg(x::text, E'\\n' ORDER BY {order})"
             out[f"{s}.{t}"] = tuple(conn.execute(
-                f'SELECT count(*), md5(coalesce(string_agg(x::text, E\'\\n\' ORDER BY {order}), \'\')) '
-                f'FROM "{s}"."{t}" x').fetchone())
+                f"SELECT count(*), md5(coalesce({rows}, '')) FROM \"{s}\".\"{t}\" x").fetchone())
     return out
 
 
