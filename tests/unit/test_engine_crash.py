@@ -48,6 +48,10 @@ def marked_processes() -> list[int]:
     return out
 
 
+def packs_of(repo: Path) -> list[Path]:
+    return list((repo / "data").glob("*/*"))
+
+
 def start_backup(cfg: Path, state: Path, site: str = "portal", processes: str = "auto") -> subprocess.Popen:
     env = dict(os.environ, RESILIENCE_PASSWORD=PW, RESILIENCE_STATE_DIR=str(state), RESILIENCE_PROCESSES=processes,
                RESILIENCE_CRASH_MARK=MARK)
@@ -76,7 +80,16 @@ def test_kill_9_at_random_points(tmp_path):
         # Alternate the two ways of reading: worker threads, and worker processes (whose
         # workers must die with their parent).
         proc = start_backup(cfg, tmp_path, processes="1" if i % 2 else "0")
-        time.sleep(rng.uniform(0.05, max(0.1, full * 0.95)))
+        if i % 3 == 0:
+            # Some rounds kill right after the first pack is stored, so that there is always
+            # something for the next backup to adopt (timing alone is at the mercy of load).
+            packs = set(packs_of(tmp_path / "repo"))
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and set(packs_of(tmp_path / "repo")) <= packs and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.1))
+        else:
+            time.sleep(rng.uniform(0.05, max(0.1, full * 0.95)))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
