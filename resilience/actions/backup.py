@@ -166,6 +166,12 @@ def _backup_database(cfg: Config, repo: Repository, run, name: str, site: SiteCo
     out: dict[str, Any] = {"database": db.name, "host": db.host}
     result["database"] = out
     dump = dump_source(name, db, address, run=run)
+    if dry_run:
+        # A dry run connects and counts; it does not read the whole dump.
+        dump.close()
+        out.update(dry_run=True, tables=len(dump.meta.get("row_counts", {})),
+                   rows=sum(dump.meta.get("row_counts", {}).values()))
+        return None
     try:
         with run.step(f"store database {db.name} of {name}", host=db.host) as step:
             prog = Progress()

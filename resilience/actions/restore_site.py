@@ -46,8 +46,10 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                            dry_run=dry_run)
     with run, opened(cfg) as repo, SSH() as ssh:
         repo.load_index()
+        chosen = resolve_snapshots(repo, site_name, snapshot, kinds=[k for k, on in (("files", files),
+                                                                                   ("database", database)) if on])
         if files:
-            snap = repo.find_snapshot(snapshot, site=site_name, kind="files")
+            snap = chosen["files"]
             result.update(snapshot=snap.id, short_id=snap.short_id, snapshot_time=snap.time)
             plans = {}
             for host in members:
@@ -86,7 +88,7 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                                           details=result)
                 result["failed_members"] = failed
         if database:
-            result["database"] = _restore_database(cfg, repo, site_name, site, snapshot, target, dry_run, run,
+            result["database"] = _restore_database(cfg, repo, site, chosen["database"], target, dry_run, run,
                                                    confirm)
         if not dry_run:
             result["checks"] = _check_site(cfg, site, members if files else [], run)
@@ -118,12 +120,29 @@ def _check_site(cfg: Config, site, members: list[str], run) -> dict[str, list[di
     return out
 
 
-def _restore_database(cfg: Config, repo, site_name: str, site, snapshot: str, target: str, dry_run: bool, run,
-                      confirm) -> dict[str, Any]:
+def resolve_snapshots(repo, site_name: str, ref: str, kinds: list[str]) -> dict[str, Any]:
+    """The snapshot of each kind to restore. ``latest`` is the newest of each kind; an id
+    names one snapshot, and the other kinds come from the same backup run."""
+    if ref == "latest":
+        return {k: repo.find_snapshot("latest", site=site_name, kind=k) for k in kinds}
+    named = repo.find_snapshot(ref, site=site_name)
+    out = {named.kind: named}
+    run_id = named.meta.get("backup_run")
+    for k in kinds:
+        if k in out:
+            continue
+        mates = [s for s in repo.snapshots(site=site_name) if s.kind == k and run_id and s.meta.get("backup_run") == run_id]
+        if not mates:
+            raise UsageError(f"snapshot {named.short_id} is a {named.kind} snapshot and its backup run has no {k} "
+                             f"snapshot; give the {k} snapshot's id, or --{'database' if k == 'files' else 'files'}-only")
+        out[k] = mates[-1]
+    return {k: out[k] for k in kinds}
+
+
+def _restore_database(cfg: Config, repo, site, snap, target: str, dry_run: bool, run, confirm) -> dict[str, Any]:
     from ..inventory import load_inventory
     from ..targets.postgres import restore_database
 
-    snap = repo.find_snapshot(snapshot if snapshot == "latest" else snapshot, site=site_name, kind="database")
     address = load_inventory(cfg.inventory).address(site.database.host) if cfg.inventory else site.database.host
     if target == "live" and not dry_run and confirm is not None and not confirm(
             f"replace the live database {site.database.name!r} on {site.database.host} with snapshot {snap.short_id}?"):

@@ -98,7 +98,9 @@ def backup(sites: tuple[str, ...], all_: bool, files_only: bool, database_only: 
                            f"unchanged {r['files_unchanged']}; read {_size(r['bytes_read'])}, added {_size(r['bytes_added'])}, "
                            f"stored {_size(r['bytes_stored'])} in {r['duration_s']:.1f} s")
             d = r.get("database")
-            if d and "bytes_read" in d:
+            if d and d.get("dry_run"):
+                click.echo(f"{r['site']}: database {d['database']}: would dump {d['tables']} tables, {d['rows']} rows")
+            elif d and "bytes_read" in d:
                 head = "would add" if dry_run else f"snapshot {d.get('short_id')} saved;"
                 click.echo(f"{r['site']}: database {d['database']}: {head} {d['tables']} tables, {d['rows']} rows; "
                            f"dump {_size(d['bytes_read'])}, stored {_size(d['bytes_stored'])} in {d['duration_s']:.1f} s")
@@ -250,7 +252,15 @@ def restore(site: str, snapshot: str, hosts: tuple[str, ...], all_members: bool,
                     click.echo(f"    remove {p}")
         if "database" in res:
             d = res["database"]
-            click.echo(f"  database: {d.get('summary') or d}")
+            counts = d.get("expected_counts") or {}
+            if dry_run:
+                click.echo(f"  database {d['database']}: would restore snapshot {d['snapshot'][:8]} to {d['target']} "
+                           f"({len(counts)} tables, {sum(counts.values())} rows)")
+            else:
+                where = (f"live (previous database kept as {d['kept_database']})" if d["target"] == "live"
+                         else f"scratch {d['scratch']}" + (" (kept)" if d.get("scratch_kept") else " (dropped)"))
+                click.echo(f"  database {d['database']}: snapshot {d['snapshot'][:8]} restored to {where}; "
+                           f"{len(counts)} tables, {sum(counts.values())} rows, counts verified")
         for where, results in res.get("checks", {}).items():
             bad = [r for r in results if not r["ok"]]
             click.echo(f"  check {where}: {'ok' if not bad else '; '.join(r['url'] + ': ' + r['error'] for r in bad)}")
