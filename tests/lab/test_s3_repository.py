@@ -174,7 +174,10 @@ def test_kill_9_and_locks_on_s3(lab, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
     r = run(cfg, "unlock", "--json", tmp=tmp_path)
     assert r.returncode == 0
-    assert len(json.loads(r.stdout)["removed"]) == killed  # each killed backup left a stale lock
+    # Each killed backup that got as far as locking left a stale lock; all of them go.
+    removed = json.loads(r.stdout)["removed"]
+    assert 1 <= len(removed) <= killed and not json.loads(r.stdout)["kept"]
+    assert json.loads(run(cfg, "unlock", "--json", tmp=tmp_path).stdout)["removed"] == []
     store = S3Store(url, endpoint=T.S3_ENDPOINT, access_key_id=T.S3_ACCESS_KEY_ID,
                     secret_access_key=L.secret_path("s3_secret_key").read_text().strip())
     with RepoLock(store, exclusive=True):
