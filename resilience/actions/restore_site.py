@@ -14,7 +14,7 @@ from ..config import Config
 from ..control.ssh import SSH, target_for
 from ..errors import PartialFailure, ResilienceError, UsageError
 from ..evidence import Ledger
-from ..targets.files import apply_member, plan_member
+from ..targets.files import apply_member, content_digest, plan_member
 from .repository import opened
 
 
@@ -75,11 +75,13 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                             timing = apply_member(repo, snap, ssh, t, site.files.path, plan, items)
                             after, _ = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude)
                             step.details.update(added=plan.added, changed=plan.changed, removed=plan.removed,
-                                                verified=after.in_sync, **timing)
+                                                verified=after.in_sync, snapshot=snap.id,
+                                                content_sha256=content_digest(items), **timing)
                             if not after.in_sync:
                                 raise ResilienceError(f"{host}: still differs from the snapshot after the restore "
                                                       f"({len(after.send)} to send, {len(after.remove)} to remove)")
-                        result["members"][host].update(applied=True, verified=True, **timing)
+                        result["members"][host].update(applied=True, verified=True,
+                                                       content_sha256=content_digest(items), **timing)
                     except ResilienceError as exc:
                         result["members"][host].update(applied=False, error=exc.message)
                         failed.append(host)

@@ -258,6 +258,18 @@ def _write_tar(repo: Repository, items, send: set[bytes], pipe) -> None:
         pipe.close()
 
 
+def content_digest(items) -> str:
+    """sha256 over the snapshot's (path, type, file sha256, link target) list: one digest
+    naming exactly the tree a member holds once it matches the snapshot (for the evidence)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel, node in items:
+        extra = node.get("sha256") or (get_bytes(node, "target") or b"").hex()
+        h.update(rel + b"\0" + node["type"].encode() + b"\0" + extra.encode() + b"\n")
+    return h.hexdigest()
+
+
 def apply_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str, plan: MemberPlan,
                  items) -> dict[str, Any]:
     """Build the staging copy, swap it in, delete the old tree. Raises on failure, after
