@@ -73,7 +73,10 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                     try:
                         with run.step("restore files", host=host) as step:
                             timing = apply_member(repo, snap, ssh, t, site.files.path, plan, items)
-                            after, _ = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude)
+                            # Files proven equal before keep their inodes through the staging
+                            # copy: only what was sent is hashed again.
+                            after, _ = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude,
+                                                   trusted=plan.proven)
                             step.details.update(added=plan.added, changed=plan.changed, removed=plan.removed,
                                                 verified=after.in_sync, snapshot=snap.id,
                                                 content_sha256=content_digest(items), **timing)

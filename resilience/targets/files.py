@@ -61,6 +61,8 @@ class MemberPlan:
     removed: int = 0
     hashed: int = 0
     unchanged: int = 0
+    #: files found equal to the snapshot: path -> (inode, size, mtime ns)
+    proven: dict[bytes, tuple] = field(default_factory=dict, repr=False)
 
     @property
     def in_sync(self) -> bool:
@@ -68,6 +70,7 @@ class MemberPlan:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("proven", None)
         d["send"] = [p.decode("utf-8", "backslashreplace") for p in self.send[:200]]
         d["remove"] = [p.decode("utf-8", "backslashreplace") for p in self.remove[:200]]
         return d
@@ -107,10 +110,14 @@ def _same_meta(cur: dict[str, Any], node: dict[str, Any]) -> bool:
 
 
 def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str,
-                exclude: list[str] | None = None) -> tuple[MemberPlan, list]:
+                exclude: list[str] | None = None, trusted: dict[bytes, tuple] | None = None
+                ) -> tuple[MemberPlan, list]:
     """Compare the member's tree with the snapshot. Returns (plan, the snapshot's entries).
-    Paths matching ``exclude`` (not backed up, e.g. caches) are left alone."""
+    Paths matching ``exclude`` (not backed up, e.g. caches) are left alone. ``trusted`` maps
+    files proven equal earlier in the same operation to their (inode, size, mtime ns): the
+    staging copy's hard links move ctimes, and these need no second sha256."""
     skip = Matcher(exclude or [])
+    trusted = trusted or {}
     items = list(iter_tree(repo, snap.tree))
     current = _list_member(ssh, t, path)
     plan = MemberPlan(t.name)
@@ -135,8 +142,10 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
         if kind == FILE:
             same_stat = (cur["size"], cur["mtime_ns"], cur["ctime_ns"], cur["inode"]) == (
                 node.get("size"), node.get("mtime_ns"), node.get("ctime_ns"), node.get("inode"))
-            if same_stat and _same_meta(cur, node):
+            if (same_stat or trusted.get(rel) == (cur["inode"], cur["size"], cur["mtime_ns"])) \
+                    and _same_meta(cur, node):
                 plan.unchanged += 1
+                plan.proven[rel] = (cur["inode"], cur["size"], cur["mtime_ns"])
                 continue
             if cur["size"] == node.get("size") and node.get("sha256"):
                 to_hash.append(rel)
@@ -154,6 +163,7 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
         node, cur = want[rel], current[rel]
         if digests.get(rel) == node["sha256"] and _same_meta(cur, node):
             plan.unchanged += 1
+            plan.proven[rel] = (cur["inode"], cur["size"], cur["mtime_ns"])
         else:
             plan.changed += 1
             plan.send.append(rel)
