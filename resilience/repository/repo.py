@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..errors import DamagedError, ResilienceError, UsageError
+from ..secrets import read_secret_file
 from . import blob as blobs
 from . import index as index_mod
 from .crypto import DecryptError, MasterKey, make_key_file, open_key_file
@@ -55,14 +56,7 @@ def read_password(password_file: str | os.PathLike | None) -> bytes:
     UsageError (exit 2) when neither is set or the file cannot be read; the password itself
     never appears in a message."""
     if password_file:
-        try:
-            with open(password_file, "rb") as f:
-                pw = f.read().rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(f"{password_file}: cannot read the repository password: {exc.strerror}") from None
-        if not pw:
-            raise UsageError(f"{password_file}: the password file is empty")
-        return pw
+        return read_secret_file(password_file, "repository password")
     env = os.environ.get("RESILIENCE_PASSWORD")
     if env:
         return env.encode()

@@ -38,6 +38,7 @@ from psycopg.conninfo import make_conninfo
 from ..config import DatabaseConfig
 from ..errors import ResilienceError, TemporaryError, UsageError
 from ..evidence.redact import redact_text
+from ..secrets import read_secret_file
 from .stream import StreamFile, StreamSource
 
 if TYPE_CHECKING:
@@ -134,14 +135,7 @@ def read_db_password(path: str | os.PathLike | None, what: str = "database") -> 
     own defaults then apply). UsageError when the file cannot be read or is empty."""
     if not path:
         return None
-    try:
-        with open(path, "rb") as f:
-            pw = f.read().rstrip(b"\r\n")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the {what} password: {exc.strerror}") from None
-    if not pw:
-        raise UsageError(f"{path}: the {what} password file is empty")
-    return pw.decode("utf-8")
+    return read_secret_file(path, f"{what} password").decode("utf-8")
 
 
 class PassFile:

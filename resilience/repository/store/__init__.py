@@ -15,14 +15,12 @@ def open_store(url: str, *, endpoint: str | None = None, region: str | None = No
                access_key_id: str | None = None, secret_access_key_file: str | Path | None = None) -> Store:
     """Return the backend for ``url``: ``s3://bucket/prefix`` or a local path."""
     if url.startswith("s3://"):
+        from ...secrets import read_secret_file
         from .s3 import S3Store
 
         secret = None
         if secret_access_key_file:
-            try:
-                secret = Path(secret_access_key_file).read_text().strip()
-            except OSError as exc:
-                raise UsageError(f"{secret_access_key_file}: cannot read S3 secret key: {exc.strerror}") from None
+            secret = read_secret_file(secret_access_key_file, "S3 secret key").decode().strip()
         return S3Store(url, endpoint=endpoint, region=region, access_key_id=access_key_id,
                        secret_access_key=secret)
     if "://" in url:
