@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import stat
@@ -29,6 +28,7 @@ from ..sources.base import Entry, Opener, Source
 from . import blob as blobs
 from . import statcache
 from .chunker import Chunker
+from .content import content_of, read_all
 from .parent import ParentView, node_key, stat_key
 from .repo import BlobWriter, Repository
 from .snapshot import Snapshot, now_time
@@ -38,7 +38,6 @@ WHOLE_READ = 16 << 20  # files up to this size are read in one call and cut in m
 # Worker processes pay ~0.3 s to start; below this much to read, threads are as fast.
 PROCESS_THRESHOLD = 64 << 20
 BATCH_BYTES, BATCH_FILES = 8 << 20, 64
-_ZEROS = bytes(8 << 20)
 
 
 @dataclass
@@ -96,11 +95,6 @@ class _DryWriter(BlobWriter):
         return None
 
 
-def _is_zero(piece) -> bool:
-    n = len(piece)
-    return n >= 4096 and piece[0] == 0 and piece[n - 1] == 0 and piece == _ZEROS[:n]
-
-
 class Backup:
     """One backup run. ``run()`` returns (snapshot or None for dry runs, stats)."""
 
@@ -126,38 +120,21 @@ class Backup:
         return ch
 
     def _store_file(self, e: Entry, opener: Opener) -> tuple[list[Any], int, str]:
-        content: list[Any] = []
-        size = 0
-        key, writer = self.repo.key, self.writer
-        # The whole-file sha256 lets restores and integrity checks compare a member's files
-        # with the snapshot using nothing but sha256sum on the member.
-        digest = hashlib.sha256()
+        writer = self.writer
 
-        def emit(piece) -> None:
-            nonlocal size
-            n = len(piece)
-            size += n
-            digest.update(piece)
-            if _is_zero(piece):
-                if content and isinstance(content[-1], dict):
-                    content[-1]["zero"] += n
-                else:
-                    content.append({"zero": n})
-            else:
-                bid = key.blob_id(piece)
-                if writer.claim(bid):
-                    writer.add(blobs.DATA, bid, piece)
-                content.append(bid.hex())
+        def store(bid: bytes, piece) -> None:
+            if writer.claim(bid):
+                writer.add(blobs.DATA, bid, piece)
+
+        def progress(n: int) -> None:
             self.progress.add(0, n)
 
         with opener() as f:
             if e.size <= WHOLE_READ:
-                data = _read_all(f, e.size)
-                for piece in self._chunker().cut(data):
-                    emit(piece)
+                pieces = self._chunker().cut(read_all(f.read, e.size))
             else:
-                for piece in self._chunker().cut_stream(f):
-                    emit(piece)
+                pieces = self._chunker().cut_stream(f)
+            content, size, sha = content_of(pieces, self.repo.key, store, progress)
             try:
                 if not hasattr(self.source, "local_path"):
                     raise ValueError("not reading the live file")
@@ -169,7 +146,7 @@ class Backup:
             except (OSError, AttributeError, ValueError):
                 pass  # not a real file (a stream from a remote source)
         e.size = size
-        return content, size, digest.hexdigest()
+        return content, size, sha
 
     def _warn(self, msg: str) -> None:
         with self._errors_lock:
@@ -512,19 +489,6 @@ class Backup:
                 listing.append(node)
             subtrees[path] = self.writer.store(blobs.TREE, encode_tree(listing)).hex()
         return subtrees
-
-
-def _read_all(f, expected: int) -> bytes:
-    """Read a whole file; a file that grew since listing is read to its current end."""
-    chunks = []
-    want = max(expected, 1 << 16)
-    while True:
-        data = f.read(want)
-        if not data:
-            break
-        chunks.append(data)
-        want = 1 << 20
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _show(path: bytes) -> str:

@@ -400,22 +400,12 @@ class BlobWriter:
 
     def add(self, kind: int, blob_id: bytes, data: bytes | memoryview) -> None:
         """Seal and queue a blob the caller has claimed."""
-        sealed = blobs.seal_blob(self.repo.key, kind, blob_id, data, self.repo.compression)
-        full = None
         # (head, body): stored back to back, never concatenated in memory
-        with self._lock:
-            b = self._builders[kind]
-            b.add(kind, blob_id, sealed, len(data))
-            self.added_blobs += 1
-            self.added_raw_bytes += len(data)
-            if b.size >= self.repo.pack_size:
-                full = b
-                self._builders[kind] = PackBuilder()
-        if full is not None:
-            self._upload(full)
+        self.add_sealed(kind, blob_id, blobs.seal_blob(self.repo.key, kind, blob_id, data, self.repo.compression),
+                        len(data))
 
     def add_sealed(self, kind: int, blob_id: bytes, sealed: tuple[bytes, bytes], raw_length: int) -> None:
-        """Queue a blob sealed elsewhere (a worker process) that the caller has claimed."""
+        """Queue a blob already sealed (here, or by a worker process) that the caller has claimed."""
         full = None
         with self._lock:
             b = self._builders[kind]

@@ -403,18 +403,23 @@ def stream_file(repo: Repository, snap: Snapshot, path: str, chunk_zeros: int = 
         raise UsageError(f"{path}: not a file in snapshot {snap.short_id}")
     fetcher = PackFetcher.for_repo(repo)
     try:
-        for item in node.get("content", []):
-            if isinstance(item, dict):
-                left = int(item["zero"])
-                while left:
-                    n = min(left, chunk_zeros)
-                    yield bytes(n)
-                    left -= n
-                continue
-            bid = bytes.fromhex(item)
-            loc = repo.index.get(bid)
-            if loc is None:
-                raise ResilienceError(f"{path}: blob {item[:16]} is missing from the repository (run verify)")
-            yield fetcher.fetch(bid, loc)
+        yield from node_chunks(repo, fetcher, node, chunk_zeros)
     finally:
         fetcher.close()
+
+
+def node_chunks(repo: Repository, fetcher: PackFetcher, node: dict[str, Any], chunk_zeros: int = 1 << 20):
+    """Yield a file node's content as bytes chunks, zero runs included (as zero bytes)."""
+    for item in node.get("content", []):
+        if isinstance(item, dict):
+            left = int(item["zero"])
+            while left:
+                n = min(left, chunk_zeros)
+                yield bytes(n)
+                left -= n
+            continue
+        bid = bytes.fromhex(item)
+        loc = repo.index.get(bid)
+        if loc is None:
+            raise ResilienceError(f"blob {item[:16]} is missing from the repository (run verify)")
+        yield fetcher.fetch(bid, loc)

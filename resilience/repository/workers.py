@@ -17,17 +17,17 @@ removes the spare copy.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sources.local import open_nofollow
 from . import blob as blobs
 from .chunker import Chunker
+from .content import content_of, read_all
 from .crypto import MasterKey
 
-_ZEROS = bytes(8 << 20)
 _state: dict[str, Any] = {}
 
 
@@ -141,38 +141,23 @@ def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
     known: set[bytes] = _state["known"]
     level: int = _state["level"]
     res = FileResult(path)
+
+    def store(bid: bytes, piece) -> None:
+        if bid not in known:
+            known.add(bid)
+            head, body = blobs.seal_blob(key, blobs.DATA, bid, piece, level)
+            res.blobs.append((bid, head, body, len(piece)))
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
-    except PermissionError:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            return _failed(res, exc)
+        fd = open_nofollow(path)
     except OSError as exc:
         return _failed(res, exc)
-    digest = hashlib.sha256()
     try:
         if listed_size <= (16 << 20):
-            data = _read_all(fd, listed_size)
-            pieces = chunker.cut(data)
+            pieces = chunker.cut(read_all(lambda n: os.read(fd, n), listed_size))
         else:
             pieces = chunker.cut_stream(os.fdopen(os.dup(fd), "rb", buffering=0))
-        for piece in pieces:
-            n = len(piece)
-            res.size += n
-            digest.update(piece)
-            if n >= 4096 and piece[0] == 0 and piece[n - 1] == 0 and piece == _ZEROS[:n]:
-                if res.content and isinstance(res.content[-1], dict):
-                    res.content[-1]["zero"] += n
-                else:
-                    res.content.append({"zero": n})
-                continue
-            bid = key.blob_id(piece)
-            if bid not in known:
-                known.add(bid)
-                head, body = blobs.seal_blob(key, blobs.DATA, bid, piece, level)
-                res.blobs.append((bid, head, body, n))
-            res.content.append(bid.hex())
+        res.content, res.size, res.sha256 = content_of(pieces, key, store)
         st = os.fstat(fd)
         if st.st_size != res.size or st.st_mtime_ns != listed_mtime:
             res.changed = True
@@ -181,7 +166,6 @@ def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
         return _failed(res, exc)
     finally:
         os.close(fd)
-    res.sha256 = digest.hexdigest()
     return res
 
 
@@ -193,16 +177,3 @@ def _failed(res: FileResult, exc: OSError) -> FileResult:
     else:
         res.error = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
     return res
-
-
-def _read_all(fd: int, expected: int) -> bytes:
-    chunks = []
-    want = max(expected, 1 << 16)
-    while True:
-        data = os.read(fd, want)
-        if not data:
-            break
-        chunks.append(data)
-        want = 1 << 20
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-

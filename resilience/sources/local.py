@@ -93,6 +93,20 @@ def entry_from_stat(rel: bytes, full: bytes, st: os.stat_result) -> Entry | None
     return e
 
 
+def open_nofollow(path: bytes) -> int:
+    """A read descriptor for the file at ``path``, never through a symlink (one that replaced
+    the file since listing reads as vanished), without touching its atime when allowed."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        # O_NOATIME needs ownership of the file; fall back without it.
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileNotFoundError(errno.ENOENT, "replaced by a symlink") from None
+        raise
+
+
 class LocalSource(Source):
     """The folder ``root`` on this machine, minus ``exclude`` patterns."""
 
@@ -199,17 +213,4 @@ class LocalSource(Source):
     def _opener(self, e: Entry) -> Opener:
         full = self._full(e.path)
 
-        def opener():
-            flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
-            try:
-                fd = os.open(full, flags)
-            except PermissionError:
-                # O_NOATIME needs ownership of the file; fall back without it.
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise FileNotFoundError(errno.ENOENT, "replaced by a symlink") from None
-                raise
-            return os.fdopen(fd, "rb", buffering=0)
-
-        return opener
+        return lambda: os.fdopen(open_nofollow(full), "rb", buffering=0)

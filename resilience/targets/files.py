@@ -28,9 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..control.ssh import SSH, Target, quote, raise_for
-from ..errors import ResilienceError
 from ..repository.repo import Repository, iter_tree
-from ..repository.restore import PackFetcher
+from ..repository.restore import PackFetcher, node_chunks
 from ..repository.snapshot import Snapshot
 from ..repository.tree import DIR, FIFO, FILE, SYMLINK, get_bytes
 from ..sources.patterns import Matcher
@@ -200,22 +199,6 @@ class _Stream(io.RawIOBase):
         return n
 
 
-def _content(repo: Repository, fetcher: PackFetcher, node: dict[str, Any]):
-    for item in node.get("content", []):
-        if isinstance(item, dict):
-            left = int(item["zero"])
-            while left:
-                n = min(left, 1 << 20)
-                yield bytes(n)
-                left -= n
-        else:
-            bid = bytes.fromhex(item)
-            loc = repo.index.get(bid)
-            if loc is None:
-                raise ResilienceError(f"blob {item[:16]} is missing from the repository (run verify)")
-            yield fetcher.fetch(bid, loc)
-
-
 def _tarinfo(name: bytes, node: dict[str, Any]) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(os.fsdecode(name) if name else ".")
     ti.mode = node.get("mode", 0o755 if node["type"] == DIR else 0o644)
@@ -259,7 +242,7 @@ def _write_tar(repo: Repository, items, send: set[bytes], pipe) -> None:
                     tar.addfile(_tarinfo(rel, node))
                 elif rel in send:
                     if kind == FILE:
-                        tar.addfile(_tarinfo(rel, node), io.BufferedReader(_Stream(_content(repo, fetcher, node)),
+                        tar.addfile(_tarinfo(rel, node), io.BufferedReader(_Stream(node_chunks(repo, fetcher, node)),
                                                                            1 << 20))
                     elif kind in (SYMLINK, FIFO):
                         tar.addfile(_tarinfo(rel, node))
