@@ -8,9 +8,9 @@ from ..config import Config, RepositoryCopy
 from ..errors import ResilienceError, UsageError
 from ..evidence.run import Run
 from ..repository.copy import copy_snapshots
-from ..repository.repo import Repository, read_password
+from ..repository.repo import Repository
 from ..repository.snapshot import Snapshot
-from .repository import init_repository, open_repository, store_for
+from .repository import init_repository, open_repository, password_for, store_for
 
 
 def open_or_create_copy(cfg: Config, src: Repository, rc: RepositoryCopy) -> tuple[Repository, bool]:
@@ -24,7 +24,7 @@ def open_or_create_copy(cfg: Config, src: Repository, rc: RepositoryCopy) -> tup
         raise
     if exists:
         return open_repository(cfg, rc), False
-    read_password(rc.password_file or (cfg.repository.password_file if cfg.repository else None))
+    password_for(cfg, rc)  # fail on a missing password before creating anything
     return init_repository(cfg, rc, like=src), True
 
 

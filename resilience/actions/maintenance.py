@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..config import Config
-from ..errors import DamagedError, ExitCode
+from ..errors import ExitCode
 from ..evidence import Ledger
 from ..repository.check import verify as verify_repo
 from ..repository.lock import remove_stale
@@ -82,8 +82,3 @@ def unlock(cfg: Config, ledger: Ledger) -> dict[str, Any]:
         removed, kept = remove_stale(store)
         step.details.update(removed=[lk.as_dict() for lk in removed], kept=[lk.as_dict() for lk in kept])
     return {"removed": [lk.as_dict() for lk in removed], "kept": [lk.as_dict() for lk in kept]}
-
-
-def raise_if_damaged(report: dict[str, Any]) -> None:
-    if not report["ok"]:
-        raise DamagedError("repository damaged")

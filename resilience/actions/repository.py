@@ -28,18 +28,21 @@ def _options(cfg: Config) -> dict:
     return {"compression": rc.compression, "pack_size": rc.pack_size_mib << 20} if rc else {}
 
 
+def password_for(cfg: Config, rc: RepositoryCopy) -> bytes:
+    """The password of ``rc``: its own password file, else the repository's, else the environment."""
+    return read_password(rc.password_file or (cfg.repository.password_file if cfg.repository else None))
+
+
 def open_repository(cfg: Config, rc: RepositoryCopy | None = None) -> Repository:
     """Open the configured repository (or copy ``rc``); UsageError/TemporaryError on failure."""
     rc = rc or repository_config(cfg)
-    password = read_password(rc.password_file or (cfg.repository.password_file if cfg.repository else None))
-    return Repository.open(store_for(rc), password, **_options(cfg))
+    return Repository.open(store_for(rc), password_for(cfg, rc), **_options(cfg))
 
 
 def init_repository(cfg: Config, rc: RepositoryCopy | None = None, like: Repository | None = None) -> Repository:
     """Create the configured repository (or copy destination ``rc``)."""
     rc = rc or repository_config(cfg)
-    password = read_password(rc.password_file or (cfg.repository.password_file if cfg.repository else None))
-    return Repository.init(store_for(rc), password, like=like, **_options(cfg))
+    return Repository.init(store_for(rc), password_for(cfg, rc), like=like, **_options(cfg))
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 from .context import app
 
@@ -48,7 +47,3 @@ def progress_factory(label: str):
     if app().json or not sys.stderr.isatty():
         return None
     return lambda prog: _Bar(prog, label)
-
-
-def now() -> float:
-    return time.monotonic()

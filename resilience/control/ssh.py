@@ -104,14 +104,17 @@ class SSH:
             opts += ["-o", f"UserKnownHostsFile={t.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
         if t.identity_file:
             opts += ["-o", "IdentitiesOnly=yes", "-i", t.identity_file]
-        self._masters.add(t)
         return [self.binary, *opts, t.address, "--"]
+
+    def _command(self, t: Target, command: str) -> list[str]:
+        self._masters.add(t)  # its control master is closed by close()
+        return [*self.argv(t), command]
 
     def run(self, t: Target, command: str, *, input: bytes | None = None, timeout: float = 300,
             check: bool = True) -> subprocess.CompletedProcess:
         """Run ``command`` (a shell command line) on ``t`` and capture its output."""
         try:
-            proc = subprocess.run([*self.argv(t), command], input=input, capture_output=True, timeout=timeout,
+            proc = subprocess.run(self._command(t, command), input=input, capture_output=True, timeout=timeout,
                                   check=False)
         except subprocess.TimeoutExpired:
             raise TemporaryError(f"{t.name}: command timed out after {timeout:.0f} s") from None
@@ -121,12 +124,12 @@ class SSH:
 
     def popen(self, t: Target, command: str, **kw) -> subprocess.Popen:
         """Start ``command`` on ``t`` with pipes as given in ``kw`` (for streams)."""
-        return subprocess.Popen([*self.argv(t), command], **kw)
+        return subprocess.Popen(self._command(t, command), **kw)
 
     def reachable(self, t: Target) -> str | None:
         """None when ``t`` answers, else why not (one line)."""
         try:
-            proc = subprocess.run([*self.argv(t), "true"], capture_output=True,
+            proc = subprocess.run(self._command(t, "true"), capture_output=True,
                                   timeout=t.connect_timeout + 10, check=False)
         except subprocess.TimeoutExpired:
             return "no answer"

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from .ledger import Ledger, now_iso
@@ -222,8 +221,3 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except (KeyError, ImportError):
         return str(os.geteuid())
-
-
-def artifact_path(ledger: Ledger, entry: dict[str, Any]) -> Path:
-    """Absolute path of an artifact listed in a step record."""
-    return ledger.dir / entry["path"]

@@ -17,7 +17,6 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -100,8 +99,7 @@ class Backup:
 
     def __init__(self, repo: Repository, source: Source, *, site: str, parent: Snapshot | None = None,
                  kind: str = "files", tags: list[str] | None = None, meta: dict[str, Any] | None = None,
-                 dry_run: bool = False, workers: int | None = None, progress: Progress | None = None,
-                 on_index: Callable[[str], None] | None = None):
+                 dry_run: bool = False, workers: int | None = None, progress: Progress | None = None):
         self.repo, self.source, self.site, self.parent = repo, source, site, parent
         self.kind, self.tags, self.meta, self.dry_run = kind, tags or [], meta or {}, dry_run
         self.workers = workers or int(os.environ.get("RESILIENCE_WORKERS", "0")) or max(2, min(4, os.cpu_count() or 2))

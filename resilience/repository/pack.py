@@ -81,7 +81,3 @@ def parse_header(key: MasterKey, tail: bytes, pack_size: int) -> list[PackedBlob
     if offset + hlen + 4 != pack_size:
         raise ValueError("pack header does not match the pack size")
     return out
-
-
-def header_length(tail4: bytes) -> int:
-    return struct.unpack("<I", tail4)[0]
