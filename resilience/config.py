@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     AfterValidator,
+    IPvAnyAddress,
+    IPvAnyNetwork,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -239,12 +241,26 @@ class EvidenceConfig(Strict):
     dir: ConfigPath | None = None
 
 
+class ControlConfig(Strict):
+    """Where the control plane acts from, and what it must never cut off.
+
+    ``ops_addresses`` are the ops host's addresses as the managed hosts see them: a quarantined
+    host still accepts SSH from them, and no block may cover them. ``protected`` networks
+    (management, monitoring) can never be blocked either.
+    """
+
+    ops_addresses: list[IPvAnyAddress] = Field(default_factory=list)
+    protected: list[IPvAnyNetwork] = Field(default_factory=list)
+    playbooks: ConfigPath | None = None
+
+
 class Config(Strict):
     version: Literal[1] = 1
     repository: RepositoryConfig | None = None
     inventory: ConfigPath | None = None
     ssh: SSHConfig = Field(default_factory=SSHConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
