@@ -64,6 +64,13 @@ http {{
     uwsgi_temp_path /run/nginx/uwsgi;
     scgi_temp_path /run/nginx/scgi;
     access_log /var/log/nginx/portal.access.log combined;
+    # Requests through the VIP come from lb1: take the client address HAProxy appends to
+    # X-Forwarded-For (the last one; only when the peer is lb1), so the combined log names the
+    # real client, which `resilience block from-logs` ranks. A client cannot forge it.
+    set_real_ip_from {T.LB1_ADDR};
+    set_real_ip_from {T.VIP_ADDR};
+    real_ip_header X-Forwarded-For;
+    real_ip_recursive off;
 
     server {{
         listen {addr}:80 default_server;
@@ -110,6 +117,8 @@ defaults
 
 frontend portal
     bind {T.VIP_ADDR}:80
+    # The web hosts see lb1 as the peer; this header carries the client (see nginx_conf).
+    option forwardfor
     default_backend {T.HAPROXY_BACKEND}
 
 backend {T.HAPROXY_BACKEND}
