@@ -64,3 +64,13 @@ class TemporaryError(ResilienceError):
     """A temporary condition: lock held, endpoint down after retries (exit 75)."""
 
     exit_code = ExitCode.TEMPFAIL
+
+
+class PlaybookError(ResilienceError):
+    """A playbook failed or a host was unreachable (exit 1); ``result`` is the
+    :class:`resilience.control.ansible.PlaybookResult` with every host's stats and failures."""
+
+    def __init__(self, message: str, *, result=None):
+        details = {"playbook": result.as_dict()} if result is not None else None
+        super().__init__(message, details=details)
+        self.result = result
