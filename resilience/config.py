@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     AfterValidator,
-    IPvAnyAddress,
-    IPvAnyNetwork,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyAddress,
+    IPvAnyNetwork,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -254,6 +254,81 @@ class ControlConfig(Strict):
     playbooks: ConfigPath | None = None
 
 
+def _seconds(value: Any) -> float:
+    """A number of seconds, or a duration text such as ``90s``/``5m`` (see parse_duration)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds or a duration such as 30s")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return float(parse_duration(value))
+    raise ValueError("must be a number of seconds or a duration such as 30s")
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+
+
+def _argv(value: Any) -> Any:
+    if isinstance(value, list) and (
+            not value or not all(isinstance(a, str) and a and "\x00" not in a for a in value)):
+        raise ValueError("must be a non-empty list of non-empty strings (an argv, no shell)")
+    return value
+
+
+Argv = Annotated[list[str], BeforeValidator(_argv)]
+
+
+class LinesConfig(Strict):
+    """Line failover policy (issue 5). The gateway's lines (interface, address, ISP gateway)
+    and its probe targets are read from the gateway's inventory variables ``lines`` and
+    ``probe_targets``: the inventory is their one source of truth, since the switch playbook
+    reads them too. This section only says how to probe, decide and switch."""
+
+    gateway: Name
+    primary: Name = "primary"
+    interval: float = Field(default=1.0, gt=0, le=60)
+    timeout: float | None = Field(default=None, gt=0, le=60)
+    down_after: int = Field(default=3, ge=1, le=1000)
+    up_after: int = Field(default=5, ge=1, le=1000)
+    reliability: int = Field(default=1, ge=1, le=100)
+    failback_hold: Seconds = 60.0
+    auto_failback: bool = True
+    playbook: str = "line_switch.yml"
+    switch_with: Literal["runner", "ansible-playbook"] = "runner"
+    upstream_command: Argv | None = None
+    upstream_status_command: Argv | None = None
+    hook_timeout: float = Field(default=30.0, gt=0, le=3600)
+
+    @property
+    def probe_timeout(self) -> float:
+        """Seconds a probe waits for its answer (default: the interval)."""
+        return self.timeout if self.timeout is not None else self.interval
+
+
+def _webhook_url(value: str) -> str:
+    value = _check_text(value).strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+class WebhookConfig(Strict):
+    url: Annotated[str, AfterValidator(_webhook_url)]
+    format: Literal["json"] = "json"
+    timeout: float = Field(default=5.0, gt=0, le=120)
+
+
+class NotifyConfig(Strict):
+    """Where alarms go: JSON webhooks (POST) and commands (the JSON event on stdin)."""
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    commands: list[Argv] = Field(default_factory=list)
+
+
 class Config(Strict):
     version: Literal[1] = 1
     repository: RepositoryConfig | None = None
@@ -261,6 +336,8 @@ class Config(Strict):
     ssh: SSHConfig = Field(default_factory=SSHConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    lines: LinesConfig | None = None
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 

@@ -82,6 +82,27 @@ def status_cmd() -> int:
     return ExitCode.OK if st["ok"] else ExitCode.FAILED
 
 
+
+@lab.command("upstream", epilog="""\b
+The lab's stand-in for the DNS/BGP change of a failover (lines.upstream_command).
+Examples:
+  sudo resilience lab upstream            # print the line the upstream uses
+  sudo resilience lab upstream standby""")
+@click.argument("line", required=False)
+@common
+def upstream_cmd(line: str | None) -> int:
+    """Point the internet's route to the site's public prefix at LINE's ISP (or show it)."""
+    from ..lab import line_state, set_upstream_line
+    from ..lab.system import require_root
+
+    require_root("upstream")
+    if line is not None:
+        set_upstream_line(line)
+    state = line_state()
+    emit({"ok": True, "upstream": state["upstream"], "gateway": state["gateway"]},
+         state["upstream"] or "none")
+    return ExitCode.OK
+
 @lab.group("fault")
 def fault() -> None:
     """Inject a fault into the lab (and undo it)."""

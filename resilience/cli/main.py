@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "forget": "resilience.cli.repo_cmd:forget",
     "unlock": "resilience.cli.repo_cmd:unlock",
     "copy": "resilience.cli.repo_cmd:copy",
+    "line": "resilience.cli.line_cmd:line",
 }
 
 
