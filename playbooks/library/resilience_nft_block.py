@@ -31,7 +31,6 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 
 DOCUMENTATION = r"""
 module: resilience_nft_block

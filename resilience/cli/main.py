@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "unlock": "resilience.cli.repo_cmd:unlock",
     "copy": "resilience.cli.repo_cmd:copy",
     "line": "resilience.cli.line_cmd:line",
+    "block": "resilience.cli.block_cmd:block",
 }
 
 
