@@ -149,6 +149,16 @@ def line_down_cmd(line: str) -> int:
     return _render_fault(faults.line_down(line))
 
 
+
+@fault.command("line-lossy")
+@click.argument("line")
+@common
+def line_lossy_cmd(line: str) -> int:
+    """Make LINE drop every other probe (ICMP echo request) at gw1; undo with line-up."""
+    from ..lab import faults
+
+    return _render_fault(faults.line_lossy(line))
+
 @fault.command("line-up")
 @click.argument("line")
 @common

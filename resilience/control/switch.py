@@ -20,6 +20,7 @@ import json
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ..config import Config
@@ -37,8 +38,6 @@ def switch_gateway(cfg: Config, playbook: str, host: str, line: str, *, check: b
                    run=None) -> dict:
     """Run the switch playbook on ``host`` for ``line``; return ``{"changed", "hosts",
     "how", "elapsed_s"}``. Raises PlaybookError when the host failed or was unreachable."""
-    import time
-
     t0 = time.monotonic()
     how = getattr(cfg.lines, "switch_with", "runner") if cfg.lines else "runner"
     extravars = {"line": line, "gateway": host}
@@ -96,6 +95,7 @@ def run_ansible_playbook(cfg: Config, playbook: str, host: str, extravars: dict,
     if cfg.inventory is None:
         raise UsageError(f"{cfg.source}: inventory: needed to run playbook {path.name}")
     env = ansible_env()
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="resilience-ap-") as tmp:
         # Our own empty ansible.cfg: a stray one must not change how we connect.
         cfg_file = Path(tmp) / "ansible.cfg"
@@ -119,7 +119,8 @@ def run_ansible_playbook(cfg: Config, playbook: str, host: str, extravars: dict,
         run.record_step(f"playbook {path.name}", host=host, outcome="failed" if bad else "ok",
                         details={"rc": proc.returncode, "check": check, "hosts": hosts,
                                  "changed": changed, "failures": failures,
-                                 "runner": "ansible-playbook"})
+                                 "runner": "ansible-playbook",
+                                 "elapsed_s": round(time.monotonic() - t0, 3)})
     if bad:
         first = failures[0] if failures else None
         why = (f"{first['host']}: {first['task']}: {first['msg']}" if first

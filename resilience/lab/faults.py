@@ -91,6 +91,13 @@ def line_down(name: str) -> dict:
     return {"fault": "line-down", "target": T.line(name).name, "actions": routing.line_down(name)}
 
 
+
+@_locked
+def line_lossy(name: str) -> dict:
+    """Make line ``name`` lose every other probe (gw1 drops every other echo request)."""
+    return {"fault": "line-lossy", "target": T.line(name).name,
+            "actions": routing.line_lossy(name)}
+
 @_locked
 def line_up(name: str) -> dict:
     """Undo :func:`line_down`."""

@@ -222,6 +222,26 @@ table netdev {table} {{
     return done
 
 
+
+def line_lossy(name: str) -> list[str]:
+    """Fault: gw1 drops every other ICMP echo request it sends out by line ``name`` (a line
+    that loses half the probes, for the no-flapping test); other traffic passes. Same nft table
+    as :func:`line_down`, so :func:`line_up` undoes either. Returns what was done."""
+    ln = T.line(name)
+    table = NFT_LINE_TABLE.format(name)
+    ruleset = f"""table netdev {table}
+delete table netdev {table}
+table netdev {table} {{
+    chain egress {{
+        type filter hook egress device "{ln.gw_if}" priority -500; policy accept;
+        icmp type echo-request numgen inc mod 2 == 0 drop
+    }}
+}}
+"""
+    run(["ip", "netns", "exec", T.HOSTS["gw1"].netns, "nft", "-f", "-"], input=ruleset,
+        what="line-lossy on gw1")
+    return [f"gw1: drop every other ICMP echo request out of {ln.gw_if} (nft table netdev {table})"]
+
 def line_up(name: str) -> list[str]:
     """Undo :func:`line_down` for line ``name`` (no-op when the line is not faulted)."""
     ln = T.line(name)
