@@ -298,6 +298,7 @@ class LinesConfig(Strict):
     auto_failback: bool = True
     playbook: str = "line_switch.yml"
     switch_with: Literal["runner", "ansible-playbook"] = "runner"
+    arm: bool = True
     upstream_command: Argv | None = None
     upstream_status_command: Argv | None = None
     hook_timeout: float = Field(default=30.0, gt=0, le=3600)

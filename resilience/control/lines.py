@@ -35,7 +35,7 @@ from ..state import state_dir
 from . import hysteresis as H
 from .probe import Gateway, ProbeStream, Round, gateway_from_inventory, lines_config, probe_rounds
 from .ssh import SSH, target_for
-from .switch import switch_gateway
+from .switch import ArmedSwitch, NotArmed, switch_gateway
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,9 @@ def policy_dict(st: Setup) -> dict:
 
 def switch(st: Setup, ledger, to: str, *, kind: str, reason: str, dry_run: bool = False,
            previous: str | None = None, evidence: dict | None = None,
-           ssh: SSH | None = None) -> dict:
-    """Make line ``to`` the active one: gateway route (playbook), then the upstream hook, then
-    read back. One evidence run ``line-KIND``. Returns ``{"run", "from", "to", "changed",
+           ssh: SSH | None = None, armed: ArmedSwitch | None = None) -> dict:
+    """Make line ``to`` the active one: gateway route (playbook; through ``armed`` when given
+    and still waiting), then the upstream hook, then read back. One evidence run ``line-KIND``. Returns ``{"run", "from", "to", "changed",
     "dry_run", "state", "elapsed_s"}``; raises ResilienceError (run recorded as failed) when
     a step fails."""
     if to not in st.gw.lines:
@@ -183,7 +183,15 @@ def switch(st: Setup, ledger, to: str, *, kind: str, reason: str, dry_run: bool 
         with run:
             run.record_step("decision", host=st.gw.host, details={
                 "from": previous, "to": to, "reason": reason, **(evidence or {})})
-            result = switch_gateway(st.cfg, st.lc.playbook, st.gw.host, to, check=dry_run, run=run)
+            result = None
+            if armed is not None:
+                try:
+                    result = armed.fire(to, run=run)
+                except NotArmed:
+                    result = None  # nothing changed: fall through to a cold run
+            if result is None:
+                result = switch_gateway(st.cfg, st.lc.playbook, st.gw.host, to, check=dry_run,
+                                        run=run)
             with run.step("upstream") as step:
                 if not st.lc.upstream_command:
                     step.details["note"] = "no lines.upstream_command configured"
@@ -268,6 +276,19 @@ class Watcher:
                  emit: Callable[[dict], None] = lambda e: None):
         self.st, self.ledger, self.ssh, self.dry_run, self.emit = st, ledger, ssh, dry_run, emit
         self.recent: list[dict] = []  # the last rounds, kept as evidence for a decision
+        self.armed: ArmedSwitch | None = None
+
+    def arm(self) -> None:
+        """Start the next switch's playbook now, if ``lines.arm`` (see ArmedSwitch)."""
+        if self.st.lc.arm and (self.armed is None or not self.armed.alive()):
+            self.armed = ArmedSwitch(self.st.cfg, self.st.lc.playbook, self.st.gw.host,
+                                     check=self.dry_run)
+            self.armed.arm()
+
+    def close(self) -> None:
+        if self.armed is not None:
+            self.armed.disarm()
+            self.armed = None
 
     def handle(self, state: H.State, rnd: Round, now: float) -> H.State:
         """Feed one round; do what it decides; return the state to continue with."""
@@ -275,19 +296,29 @@ class Watcher:
         self.recent = (self.recent + [{"round": rnd.seq, **{
             n: {"good": results[n], **lr.as_dict()} for n, lr in rnd.lines.items()}}])[-10:]
         before = state.active
+        decided = time.time()
         state, actions = H.step(state, self.st.policy, results, now)
-        for act in actions:
-            state = self._do(state, act, before)
+        # The switch first: recording "line down" can wait, the traffic cannot. The switch's
+        # own decision step carries the same rounds.
+        switching = (H.FAILOVER, H.FAILBACK)
+        for act in sorted(actions, key=lambda a: a.kind not in switching):
+            state = self._do(state, act, before, decided)
         return state
 
-    def _do(self, state: H.State, act: H.Action, before: str | None) -> H.State:
+    def _do(self, state: H.State, act: H.Action, before: str | None, decided: float) -> H.State:
         ev = {"event": act.kind, "line": act.line, "reason": act.reason,
-              "time": time.time(), "dry_run": self.dry_run}
+              "decided": decided, "time": time.time(), "dry_run": self.dry_run}
         if act.kind in (H.FAILOVER, H.FAILBACK):
             try:
-                res = switch(self.st, self.ledger, act.line, kind=act.kind, reason=act.reason,
-                             dry_run=self.dry_run, previous=before,
-                             evidence={"rounds": self.recent}, ssh=self.ssh)
+                armed, self.armed = self.armed, None
+                try:
+                    res = switch(self.st, self.ledger, act.line, kind=act.kind,
+                                 reason=act.reason, dry_run=self.dry_run, previous=before,
+                                 evidence={"rounds": self.recent}, ssh=self.ssh, armed=armed)
+                finally:
+                    if armed is not None:
+                        armed.disarm()  # no-op when it fired
+                    self.arm()
                 ev.update({"from": before, "run": res["run"], "elapsed_s": res["elapsed_s"],
                            "changed": res["changed"]})
                 self._notify(f"lines.{act.kind}", f"{act.kind} {before} -> {act.line}: "
@@ -321,7 +352,8 @@ class Watcher:
 
     def _notify(self, name: str, summary: str, severity: str, ev: dict) -> list[dict]:
         payload = notify.event(name, summary, severity=severity, details={
-            "gateway": self.st.gw.host, **{k: v for k, v in ev.items() if k != "time"}})
+            "gateway": self.st.gw.host, **{k: v for k, v in ev.items()
+                                           if k not in ("time", "decided")}})
         return notify.send(self.st.cfg.notify, payload)
 
     def _actual(self) -> str | None:
@@ -343,24 +375,32 @@ def watch(cfg: Config, ledger, *, once: bool = False, dry_run: bool = False,
         if once:
             return _once(st, watcher, ssh)
         state = H.initial(st.policy, gateway_line(ssh, st), time.monotonic())
-        emit({"event": "watching", "active": state.active, "time": time.time(),
-              "policy": policy_dict(st)})
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        rounds = 0
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                with ProbeStream(ssh, target_for(cfg, st.gw.host), st.gw,
-                                 interval=st.lc.interval, timeout=st.lc.probe_timeout) as stream:
-                    for rnd in stream:
-                        rounds += 1
-                        state = watcher.handle(state, rnd, time.monotonic())
-                        if deadline is not None and time.monotonic() >= deadline:
-                            break
-            except TemporaryError as exc:
-                # The gateway itself is unreachable from the ops host: no data, no decision.
-                emit({"event": "probe-error", "error": str(exc), "time": time.time()})
-                time.sleep(min(5.0, max(1.0, st.lc.interval)))
-        return {"rounds": rounds, "active": state.active, "alarm": state.alarm}
+        watcher.arm()
+        try:
+            return _loop(st, watcher, ssh, state, emit, max_seconds)
+        finally:
+            watcher.close()
+
+
+def _loop(st: Setup, watcher: Watcher, ssh: SSH, state: H.State, emit, max_seconds) -> dict:
+    emit({"event": "watching", "active": state.active, "time": time.time(),
+          "policy": policy_dict(st)})
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    rounds = 0
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            with ProbeStream(ssh, target_for(st.cfg, st.gw.host), st.gw,
+                             interval=st.lc.interval, timeout=st.lc.probe_timeout) as stream:
+                for rnd in stream:
+                    rounds += 1
+                    state = watcher.handle(state, rnd, time.monotonic())
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+        except TemporaryError as exc:
+            # The gateway itself is unreachable from the ops host: no data, no decision.
+            emit({"event": "probe-error", "error": str(exc), "time": time.time()})
+            time.sleep(min(5.0, max(1.0, st.lc.interval)))
+    return {"rounds": rounds, "active": state.active, "alarm": state.alarm}
 
 
 def _once(st: Setup, watcher: Watcher, ssh: SSH) -> dict:

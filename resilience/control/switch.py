@@ -16,6 +16,7 @@ both: a watcher that switched once switches again without a new SSH handshake.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -87,30 +88,39 @@ def parse_output(text: str) -> tuple[dict[str, dict[str, int]], list[dict]]:
     return hosts, failures
 
 
+def _argv_env(cfg: Config, playbook: str, host: str, extravars: dict, check: bool):
+    """argv and environment of one ansible-playbook run, and the temporary folder holding
+    its (empty, our own) ansible.cfg: a stray one must not change how we connect."""
+    path = _playbook_path(cfg, playbook)
+    if cfg.inventory is None:
+        raise UsageError(f"{cfg.source}: inventory: needed to run playbook {path.name}")
+    tmp = tempfile.TemporaryDirectory(prefix="resilience-ap-")
+    cfg_file = Path(tmp.name) / "ansible.cfg"
+    cfg_file.write_text("[defaults]\n")
+    env = ansible_env()
+    env.update(ANSIBLE_CONFIG=str(cfg_file), ANSIBLE_STDOUT_CALLBACK="default",
+               ANSIBLE_TIMEOUT=str(int(max(1, cfg.ssh.connect_timeout))))
+    argv = [ansible_bin("ansible-playbook"), "-i", str(cfg.inventory), str(path),
+            "--limit", host, "-e", json.dumps(extravars)]
+    if check:
+        argv += ["--check", "--diff"]
+    return argv, env, tmp
+
+
 def run_ansible_playbook(cfg: Config, playbook: str, host: str, extravars: dict, *,
                          check: bool = False, run=None, timeout: float = 120
                          ) -> tuple[dict[str, dict[str, int]], bool]:
     """Run ``ansible-playbook`` itself (no ansible-runner) and return (hosts, changed)."""
     path = _playbook_path(cfg, playbook)
-    if cfg.inventory is None:
-        raise UsageError(f"{cfg.source}: inventory: needed to run playbook {path.name}")
-    env = ansible_env()
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="resilience-ap-") as tmp:
-        # Our own empty ansible.cfg: a stray one must not change how we connect.
-        cfg_file = Path(tmp) / "ansible.cfg"
-        cfg_file.write_text("[defaults]\n")
-        env.update(ANSIBLE_CONFIG=str(cfg_file), ANSIBLE_STDOUT_CALLBACK="default",
-                   ANSIBLE_TIMEOUT=str(int(max(1, cfg.ssh.connect_timeout))))
-        argv = [ansible_bin("ansible-playbook"), "-i", str(cfg.inventory), str(path),
-                "--limit", host, "-e", json.dumps(extravars)]
-        if check:
-            argv += ["--check", "--diff"]
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env,
-                                  timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise ResilienceError(f"playbook {path.name} timed out after {timeout:g}s") from None
+    argv, env, tmp = _argv_env(cfg, playbook, host, extravars, check)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ResilienceError(f"playbook {path.name} timed out after {timeout:g}s") from None
+    finally:
+        tmp.cleanup()
     hosts, failures = parse_output(proc.stdout)
     changed = any(h["changed"] for h in hosts.values())
     bad = failures or any(h["failed"] or h["unreachable"] for h in hosts.values()) \
@@ -127,3 +137,153 @@ def run_ansible_playbook(cfg: Config, playbook: str, host: str, extravars: dict,
                else redact_text((proc.stderr.strip().splitlines() or ["no output"])[-1]))
         raise PlaybookError(f"playbook {path.name} failed (rc {proc.returncode}): {why}")
     return hosts, changed
+
+
+class NotArmed(ResilienceError):
+    """The armed playbook was gone: nothing was changed, run a cold one."""
+
+
+class ArmedSwitch:
+    """The switch playbook started ahead of time (armed mode of line_switch.yml): it connects
+    to the gateway, then waits for the line on a named pipe. :meth:`fire` writes the line and
+    waits for the playbook to finish, so a failover pays ~0.4 s instead of ansible-playbook's
+    whole start-up. One shot: arm again after firing. Works with both ``switch_with`` modes
+    (the runner one runs :func:`run_playbook` in a thread)."""
+
+    def __init__(self, cfg: Config, playbook: str, host: str, *, check: bool = False):
+        self.cfg, self.playbook, self.host, self.check = cfg, playbook, host, check
+        self.how = getattr(cfg.lines, "switch_with", "runner") if cfg.lines else "runner"
+        self.dir: str | None = None
+        self.fifo: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.thread = None
+        self.outcome: dict = {}
+        self.cfg_dir: tempfile.TemporaryDirectory | None = None
+
+    def arm(self) -> None:
+        """Start the playbook; it waits for :meth:`fire`. Returns at once."""
+        import os
+        import threading
+
+        self.dir = tempfile.mkdtemp(prefix="rsl-arm-")  # mode 0700: only we write the pipe
+        self.fifo = os.path.join(self.dir, "line")
+        os.mkfifo(self.fifo, 0o600)
+        extravars = {"line_fifo": self.fifo, "gateway": self.host}
+        if self.how == "runner":
+            def target() -> None:
+                from .ansible import run_playbook
+
+                try:
+                    res = run_playbook(self.cfg, self.playbook, limit=[self.host],
+                                       extravars=extravars, check=self.check, quiet=True)
+                    self.outcome["result"] = (res.hosts, res.changed, res.rc, [])
+                except PlaybookError as exc:
+                    r = exc.result
+                    self.outcome["result"] = ((r.hosts, r.changed, r.rc, r.failures) if r
+                                              else ({}, False, -1, []))
+                    self.outcome["error"] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - reported by fire()
+                    self.outcome["error"] = redact_text(str(exc))
+
+            self.thread = threading.Thread(target=target, daemon=True)
+            self.thread.start()
+        else:
+            argv, env, self.cfg_dir = _argv_env(self.cfg, self.playbook, self.host, extravars,
+                                                self.check)
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         stdin=subprocess.DEVNULL, text=True, env=env,
+                                         start_new_session=True)
+
+    def alive(self) -> bool:
+        """True while the armed playbook is waiting (or still starting)."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.thread is not None and self.thread.is_alive()
+
+    def _write(self, text: str, timeout: float) -> bool:
+        import errno
+        import os
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.alive():
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: the playbook is not reading yet
+                    raise
+                time.sleep(0.01)
+                continue
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            return True
+        return False
+
+    def fire(self, line: str, *, run=None, timeout: float = 120) -> dict:
+        """Switch to ``line`` through the armed playbook; same result and step as
+        :func:`switch_gateway`. Raises PlaybookError when it failed, ResilienceError when
+        the armed playbook was not there to take the decision (then run a cold one)."""
+        t0 = time.monotonic()
+        path = _playbook_path(self.cfg, self.playbook)
+        if not self._write(f"{line}\n", timeout):
+            self.disarm()
+            raise NotArmed(f"armed playbook {path.name} did not take the decision")
+        if self.proc is not None:
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.disarm()
+                raise ResilienceError(f"playbook {path.name} timed out") from None
+            hosts, failures = parse_output(out)
+            rc = self.proc.returncode
+        else:
+            self.thread.join(timeout)
+            hosts, _, rc, failures = self.outcome.get("result", ({}, False, -1, []))
+            err = self.outcome.get("error", "")
+        self._cleanup()
+        changed = any(h.get("changed") for h in hosts.values())
+        bad = bool(failures) or rc != 0 or self.host not in hosts or any(
+            h.get("failed") or h.get("unreachable") for h in hosts.values())
+        if run is not None:
+            run.record_step(f"playbook {path.name}", host=self.host,
+                            outcome="failed" if bad else "ok",
+                            details={"rc": rc, "check": self.check, "hosts": hosts,
+                                     "changed": changed, "failures": failures,
+                                     "runner": f"{self.how} (armed)",
+                                     "elapsed_s": round(time.monotonic() - t0, 3)})
+        if bad:
+            first = failures[0] if failures else None
+            why = (f"{first['host']}: {first['task']}: {first['msg']}" if first
+                   else redact_text((str(err).strip().splitlines() or ["no output"])[-1]))
+            raise PlaybookError(f"playbook {path.name} failed (rc {rc}): {why}")
+        return {"changed": changed, "hosts": hosts, "how": f"{self.how} (armed)",
+                "elapsed_s": round(time.monotonic() - t0, 3)}
+
+    def disarm(self) -> None:
+        """Let the armed playbook end without changing anything (or stop it)."""
+        if self.fifo and self.alive() and self._write("none\n", 2):
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.communicate(timeout=10)
+            elif self.thread is not None:
+                self.thread.join(10)
+        if self.proc is not None and self.proc.poll() is None:
+            import os
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.communicate(timeout=5)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        import shutil
+
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = self.fifo = None
+        if self.cfg_dir is not None:
+            self.cfg_dir.cleanup()
+            self.cfg_dir = None
