@@ -207,9 +207,10 @@ def read_logs(cfg: Config, run: Run, hosts: list[str], since: datetime
 def from_logs(cfg: Config, ledger: Ledger, site: str, *, since: str = "1h", top: int = 10,
               apply: bool = False, ttl: str = blocking.DEFAULT_TTL, reason: str | None = None,
               thresholds: accesslog.Thresholds | None = None, dry_run: bool = False,
-              now: datetime | None = None) -> dict[str, Any]:
+              exclude: list[str] | None = None, now: datetime | None = None) -> dict[str, Any]:
     """Rank the sources in ``site``'s members' access logs over the last ``since`` and propose
-    blocks (never of a protected address); with ``apply``, block the proposals for ``ttl``."""
+    blocks (never of a protected address, nor of one inside ``exclude``: an operator's
+    allow-list for this run); with ``apply``, block the proposals for ``ttl``."""
     from ..config import parse_duration
 
     sc = cfg.site(site)
@@ -222,16 +223,18 @@ def from_logs(cfg: Config, ledger: Ledger, site: str, *, since: str = "1h", top:
     if top < 1:
         raise UsageError("--top: must be at least 1")
     seconds = blocking.parse_ttl(ttl)
+    excluded = [blocking.Protected(n, "--exclude") for n in
+                (blocking.parse_cidrs(exclude) if exclude else [])]
     t = thresholds or accesslog.Thresholds()
     hosts = balancer_hosts(cfg, site)
     start = (now or datetime.now(UTC)) - timedelta(seconds=window)
     params = {"site": site, "since": since, "top": top, "apply": apply, "ttl_s": seconds,
-              "thresholds": vars(t)}
+              "thresholds": vars(t), "exclude": [str(e.network) for e in excluded]}
     with ledger.start_run("block-from-logs", params, dry_run=dry_run) as run:
         stats, logs = read_logs(cfg, run, list(sc.files.hosts), start)
         protected = blocking.protected_networks(cfg)
         with run.step("rank sources") as step:
-            ranked = accesslog.rank(stats, protected, t, top)
+            ranked = accesslog.rank(stats, protected + excluded, t, top)
             step.details.update(sources=len(stats), proposals=[p["cidr"] for p in ranked["proposals"]],
                                 skipped_protected=[s["addr"] for s in ranked["skipped_protected"]])
             step.artifact("proposals.json", data=json.dumps(ranked, indent=2, default=str).encode())

@@ -112,15 +112,16 @@ def list_(site: str | None) -> None:
               help="Peak requests per minute that flag a source.")
 @click.option("--min-probes", default=Thresholds.probes, show_default=True, type=click.IntRange(min=1),
               help="Probe requests (wp-login.php, .env, traversal, ...) that flag a source.")
+@click.option("--exclude", multiple=True, metavar="CIDR", help="Never propose sources in CIDR (repeatable).")
 @click.option("--dry-run", is_flag=True, help="With --apply: check mode.")
 @common
 def from_logs(site: str, since: str, top: int, apply: bool, ttl: str, reason: str | None, min_rate: int,
-              min_probes: int, dry_run: bool) -> None:
+              min_probes: int, exclude: tuple[str, ...], dry_run: bool) -> None:
     """Rank sources in the access logs and propose (or --apply) blocks."""
     a = app()
     t = Thresholds(rate=min_rate, probes=min_probes)
     res = actions.from_logs(a.config(), a.ledger(), site, since=since, top=top, apply=apply, ttl=ttl,
-                            reason=reason, thresholds=t, dry_run=dry_run)
+                            reason=reason, thresholds=t, dry_run=dry_run, exclude=list(exclude))
 
     def human() -> None:
         for host, info in res["logs"].items():
@@ -137,7 +138,7 @@ def from_logs(site: str, since: str, top: int, apply: bool, ttl: str, reason: st
         if res["more"]:
             click.echo(f"... and {res['more']} more (raise --top)")
         for s in res["skipped_protected"]:
-            click.echo(f"not proposed (protected {s['protected']}): {s['addr']}: {'; '.join(s['reasons'])}")
+            click.echo(f"not proposed, {s['addr']} is protected ({s['protected']}): {'; '.join(s['reasons'])}")
         if res["applied"] is not None:
             _host_lines(res["applied"], dry_run)
         elif res["proposals"]:

@@ -130,8 +130,10 @@ def protected_networks(config: Config) -> list[Protected]:
 
 
 def conflicts(net: Network, protected: list[Protected]) -> list[Protected]:
-    """The protected networks ``net`` overlaps (either contains the other)."""
-    return [p for p in protected if p.network.version == net.version and p.network.overlaps(net)]
+    """The protected networks ``net`` overlaps (either contains the other), narrowest first:
+    "inventory host lb1" says more than the /24 around it."""
+    hits = [p for p in protected if p.network.version == net.version and p.network.overlaps(net)]
+    return sorted(hits, key=lambda p: -p.network.prefixlen)
 
 
 def refuse_protected(nets: list[Network], protected: list[Protected]) -> None:
