@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "forget": "resilience.cli.repo_cmd:forget",
     "unlock": "resilience.cli.repo_cmd:unlock",
     "copy": "resilience.cli.repo_cmd:copy",
+    "isolate": "resilience.cli.cluster_cmd:isolate",
+    "rejoin": "resilience.cli.cluster_cmd:rejoin",
+    "cluster": "resilience.cli.cluster_cmd:cluster",
     "line": "resilience.cli.line_cmd:line",
     "block": "resilience.cli.block_cmd:block",
 }

@@ -1,0 +1,206 @@
+"""``resilience isolate`` and ``resilience rejoin``: take a member out of its site and put it
+back, through the playbooks, as one recorded run each.
+
+Isolate: refuse to take out the last serving member (unless forced) → keep the balancer's and
+the firewall's state → collect the host's logs into the evidence (sha256 per file) → DRAIN,
+bounded wait, MAINT on every balancer of its sites → nftables quarantine → keep the states
+after. Nothing changes on a host before its logs are safe.
+
+Rejoin: lift the quarantine → check the member serves the site's checks directly (else the
+quarantine goes back on and the run fails) → READY on the balancer → check the site through
+its URL (the VIP) and that the balancer sees the member UP.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..checks import run_checks
+from ..config import Config
+from ..control import cluster
+from ..control.ansible import run_playbook
+from ..control.ssh import SSH, target_for
+from ..errors import ResilienceError, UsageError
+from ..evidence import Ledger
+from ..evidence.run import Run
+
+PLAYBOOK_TIMEOUT = 300
+
+
+def isolate(cfg: Config, ledger: Ledger, host: str, reason: str, *, dry_run: bool = False,
+            force: bool = False, drain_timeout: int = 30, quiet: bool = False) -> dict[str, Any]:
+    """Isolate ``host`` (see the module doc). Returns what was (or would be) done. Raises
+    UsageError (exit 2) for an unknown member, an empty reason, or the last serving member
+    without ``force``; PlaybookError when a playbook fails."""
+    if not reason or not reason.strip():
+        raise UsageError("give a --reason for the isolation (it goes into the evidence)")
+    sites = cluster.balanced_sites(cfg, host)
+    result: dict[str, Any] = {"host": host, "reason": reason, "sites": sites, "dry_run": dry_run,
+                              "balancer": {}, "logs": [], "changed": False}
+    with SSH() as ssh:
+        before = {site: cluster.balancer_stats(cfg, site, ssh) for site in sites}
+        for site, servers in before.items():
+            _refuse_last_member(site, host, servers, force)
+        run = ledger.start_run("isolate", {"host": host, "reason": reason, "force": force, "sites": sites},
+                               dry_run=dry_run)
+        result["run"] = run.id
+        with run:
+            result["quarantined_before"] = _keep_state(cfg, run, host, sites, ssh, "before")
+            result["logs"] = _collect_logs(cfg, run, host, dry_run, quiet)
+            ops = [str(a) for a in cfg.control.ops_addresses]
+            for i, site in enumerate(sites):
+                bal = cfg.site(site).balancer
+                steps = ["balancer"] + (["quarantine"] if i == len(sites) - 1 else [])
+                res = run_playbook(cfg, "isolate", check=dry_run, run=run, quiet=quiet,
+                                   timeout=PLAYBOOK_TIMEOUT + drain_timeout,
+                                   extravars={"target": host, "balancer": bal.host, "backend": bal.backend,
+                                              "drain_timeout": drain_timeout, "force": force,
+                                              "ops_addresses": ops, "isolate_steps": steps})
+                result["changed"] |= res.changed
+                pub = res.facts.get(bal.host, {}).get("balancer", {})
+                result["balancer"][site] = {"balancer": bal.host, "backend": bal.backend,
+                                            "before": before[site].get(host, {}).get("status"),
+                                            "after": pub.get("after"),
+                                            "sessions_left": pub.get("sessions_left")}
+            result["quarantined"] = _keep_state(cfg, run, host, sites, ssh, "after")
+            if dry_run:
+                result["would_change"] = {
+                    "balancer": [s for s, b in result["balancer"].items() if not str(b["before"]).startswith("MAINT")],
+                    "quarantine": not result["quarantined_before"]}
+                result["changed"] = False
+            run.details.update(changed=result["changed"], quarantined=result["quarantined"])
+    return result
+
+
+def rejoin(cfg: Config, ledger: Ledger, host: str, *, dry_run: bool = False,
+           quiet: bool = False) -> dict[str, Any]:
+    """Rejoin ``host`` (see the module doc). Idempotent: a serving, unquarantined member is
+    left as it is (``changed`` False). Raises ResilienceError when the member does not serve
+    the expected content (its quarantine is restored) or the site fails its checks after."""
+    sites = cluster.balanced_sites(cfg, host)
+    address = target_for(cfg, host).address
+    result: dict[str, Any] = {"host": host, "sites": sites, "dry_run": dry_run, "balancer": {},
+                              "checks": {}, "changed": False}
+    with SSH() as ssh:
+        run = ledger.start_run("rejoin", {"host": host, "sites": sites}, dry_run=dry_run)
+        result["run"] = run.id
+        with run:
+            quarantined = _keep_state(cfg, run, host, sites, ssh, "before")
+            result["quarantined_before"] = quarantined
+            res = run_playbook(cfg, "rejoin", check=dry_run, run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
+                               extravars={"target": host, "rejoin_steps": ["unquarantine"]})
+            result["changed"] |= res.changed
+            if not (dry_run and quarantined):
+                # In a dry run a quarantined member cannot be reached: nothing to check yet.
+                _check_member(cfg, run, host, address, sites, result, dry_run, quiet)
+            for site in sites:
+                bal = cfg.site(site).balancer
+                checks = [{"path": c.path, "status": c.status, "contains": c.contains}
+                          for c in cfg.site(site).checks]
+                res = run_playbook(cfg, "rejoin", check=dry_run, run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
+                                   extravars={"target": host, "balancer": bal.host, "backend": bal.backend,
+                                              "member_checks": checks, "rejoin_steps": ["ready"]})
+                result["changed"] |= res.changed
+                pub = res.facts.get(bal.host, {}).get("balancer", {})
+                result["balancer"][site] = {"balancer": bal.host, "backend": bal.backend,
+                                            "before": pub.get("before"), "after": pub.get("after")}
+                if not dry_run:
+                    _confirm_site(cfg, run, host, site, ssh, result)
+            result["quarantined"] = _keep_state(cfg, run, host, sites, ssh, "after")
+            if dry_run:
+                result["would_change"] = {
+                    "quarantine": quarantined,
+                    "balancer": [s for s, b in result["balancer"].items() if str(b["before"]) != "UP"]}
+                result["changed"] = False
+            run.details.update(changed=result["changed"])
+    return result
+
+
+def _refuse_last_member(site: str, host: str, servers: dict[str, dict], force: bool) -> None:
+    if host not in servers:
+        raise UsageError(f"{host} is not a server of site {site!r}'s backend on its balancer")
+    if not cluster.serving(servers[host]["status"]):
+        return  # already out: nothing is taken away
+    others = [h for h, s in servers.items() if h != host and cluster.serving(s["status"])]
+    if not others and not force:
+        raise UsageError(f"{host} is the last serving member of site {site!r}: isolating it takes the "
+                         f"site down; refusing without --force")
+
+
+def _keep_state(cfg: Config, run: Run, host: str, sites: list[str], ssh: SSH, when: str) -> bool:
+    """Keep the balancers' and the host's firewall state as artifacts; return whether the
+    host is quarantined."""
+    with run.step(f"state {when}", host=host) as step:
+        for site in sites:
+            stat, state = cluster.balancer_raw(cfg, site, ssh)
+            bal = cfg.site(site).balancer
+            step.artifact(f"balancer-{site}-{when}.txt", data=f"# {bal.host} show stat\n{stat}\n"
+                          f"# {bal.host} show servers state {bal.backend}\n{state}".encode())
+            step.details[f"{site}_status"] = cluster.parse_show_stat(stat, bal.backend).get(host, {}).get("status")
+        step.artifact(f"nft-{host}-{when}.txt", data=cluster.ruleset(cfg, host, ssh).encode())
+        q = cluster.quarantined(cfg, host, ssh)
+        step.details["quarantined"] = q
+    return q
+
+
+def _collect_logs(cfg: Config, run: Run, host: str, dry_run: bool, quiet: bool) -> list[dict]:
+    """Fetch the host's logs and keep each as an artifact (sha256, size); in a dry run only
+    list them."""
+    if dry_run:
+        res = run_playbook(cfg, "collect_logs", limit=[host], check=True, run=run, quiet=quiet,
+                           timeout=PLAYBOOK_TIMEOUT, extravars={"target": host})
+        return [{"path": f["path"], "size": f.get("size")} for f in res.facts.get(host, {}).get("logs", [])]
+    dest = Path(tempfile.mkdtemp(prefix="resilience-logs-"))
+    try:
+        run_playbook(cfg, "collect_logs", limit=[host], run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
+                     extravars={"target": host, "collect_dest": str(dest)})
+        kept = []
+        with run.step("keep logs", host=host) as step:
+            root = dest / host
+            for f in sorted(p for p in root.rglob("*") if p.is_file()):
+                remote = "/" + str(f.relative_to(root))
+                entry = step.artifact(f"logs-{host}{remote.replace('/', '_')}", path=f)
+                kept.append({"path": remote, "size": entry["size"], "sha256": entry["sha256"],
+                             "artifact": entry["path"]})
+            step.details["files"] = len(kept)
+            if not kept:
+                raise ResilienceError(f"{host}: no logs found to collect; refusing to isolate without evidence")
+        return kept
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def _check_member(cfg: Config, run: Run, host: str, address: str, sites: list[str], result: dict,
+                  dry_run: bool, quiet: bool) -> None:
+    for site in sites:
+        with run.step("check member directly", host=host) as step:
+            checks = run_checks(f"http://{address}", cfg.site(site).checks, retries=4, delay=0.5)
+            result["checks"][f"{host} direct"] = [c.as_dict() for c in checks]
+            step.details["checks"] = [c.as_dict() for c in checks]
+            bad = [c for c in checks if not c.ok]
+            if bad and not dry_run:
+                # A member that does not serve what it should stays cut off.
+                run_playbook(cfg, "isolate", run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
+                             extravars={"target": host, "isolate_steps": ["quarantine"],
+                                        "ops_addresses": [str(a) for a in cfg.control.ops_addresses]})
+                raise ResilienceError(f"{host} does not serve the expected content ({bad[0].url}: {bad[0].error}); "
+                                      f"quarantine restored, it stays out of the balancer")
+
+
+def _confirm_site(cfg: Config, run: Run, host: str, site: str, ssh: SSH, result: dict) -> None:
+    s = cfg.site(site)
+    with run.step("confirm through the balancer", host=host) as step:
+        state = cluster.balancer_stats(cfg, site, ssh).get(host, {}).get("status")
+        step.details["balancer_state"] = state
+        if not cluster.serving(state or ""):
+            raise ResilienceError(f"{host}: the balancer of site {site!r} reports it {state}, not UP")
+        if s.url:
+            checks = run_checks(s.url, s.checks, retries=6, delay=0.5)
+            result["checks"][site] = [c.as_dict() for c in checks]
+            step.details["checks"] = [c.as_dict() for c in checks]
+            bad = [c for c in checks if not c.ok]
+            if bad:
+                raise ResilienceError(f"site {site!r} fails its check through {s.url}: {bad[0].url}: {bad[0].error}")
