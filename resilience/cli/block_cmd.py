@@ -138,7 +138,7 @@ def from_logs(site: str, since: str, top: int, apply: bool, ttl: str, reason: st
         if res["more"]:
             click.echo(f"... and {res['more']} more (raise --top)")
         for s in res["skipped_protected"]:
-            click.echo(f"not proposed, {s['addr']} is protected ({s['protected']}): {'; '.join(s['reasons'])}")
+            click.echo(f"not proposed: {s['addr']}, protected by {s['protected']}: {'; '.join(s['reasons'])}")
         if res["applied"] is not None:
             _host_lines(res["applied"], dry_run)
         elif res["proposals"]:

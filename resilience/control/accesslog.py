@@ -215,7 +215,7 @@ def rank(stats: dict[str, SourceStats], protected: list[Protected], t: Threshold
             continue
         hit = conflicts(ipaddress.ip_network(s.addr), protected)
         if hit:
-            skipped.append({"addr": s.addr, "reasons": why, "protected": f"{hit[0].network} ({hit[0].why})"})
+            skipped.append({"addr": s.addr, "reasons": why, "protected": f"{hit[0].network}, {hit[0].why}"})
             continue
         flagged.append((s, why))
 
