@@ -70,13 +70,15 @@ def pieces(cfg: Path, reps: int) -> dict[str, list[float]]:
 
 
 class Watcher:
-    def __init__(self, env: dict, hold: float):
+    def __init__(self, env: dict, hold: float, arm: bool):
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "resilience"), "line", "watch", "--json", "--failback-hold", str(hold)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
         self.events: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
         self.wait(lambda: any(e["event"] == "watching" for e in self.events), 120)
+        if arm:
+            self.wait(lambda: any(e["event"] == "armed" for e in self.events), 120)
 
     def _read(self) -> None:
         for text in self.proc.stdout:
@@ -194,7 +196,7 @@ def main() -> None:
                "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
         costs = pieces(cfg, 3)
         load0 = os.getloadavg()[0]
-        w = Watcher(env, args.hold)
+        w = Watcher(env, args.hold, not args.no_arm)
         try:
             runs = []
             for _ in range(args.reps):

@@ -145,6 +145,8 @@ def watch_cmd(once: bool, interval: float | None, failback_hold: float | None,
             text = (f"watching: active {ev['active']}; every {p['interval_s']:g}s, down after "
                     f"{p['down_after']}, up after {p['up_after']}, failback hold "
                     f"{p['failback_hold_s']:g}s")
+        elif kind == "armed":
+            text = "armed: the switch playbook is started and waits for a decision"
         elif kind in ("failover", "failback"):
             text = (f"{kind} {ev.get('from')} -> {ev['line']} ({ev['reason']}) in "
                     f"{ev.get('elapsed_s', 0):.2f}s")

@@ -277,6 +277,7 @@ class Watcher:
         self.st, self.ledger, self.ssh, self.dry_run, self.emit = st, ledger, ssh, dry_run, emit
         self.recent: list[dict] = []  # the last rounds, kept as evidence for a decision
         self.armed: ArmedSwitch | None = None
+        self.announced = False  # the "armed" event of the current armed playbook was sent
 
     def arm(self) -> None:
         """Start the next switch's playbook now, if ``lines.arm`` (see ArmedSwitch)."""
@@ -284,6 +285,7 @@ class Watcher:
             self.armed = ArmedSwitch(self.st.cfg, self.st.lc.playbook, self.st.gw.host,
                                      check=self.dry_run)
             self.armed.arm()
+            self.announced = False
 
     def close(self) -> None:
         if self.armed is not None:
@@ -295,6 +297,9 @@ class Watcher:
         results = rnd.results(self.st.lc.reliability)
         self.recent = (self.recent + [{"round": rnd.seq, **{
             n: {"good": results[n], **lr.as_dict()} for n, lr in rnd.lines.items()}}])[-10:]
+        if self.armed is not None and not self.announced and self.armed.ready():
+            self.announced = True
+            self.emit({"event": "armed", "time": time.time()})
         before = state.active
         decided = time.time()
         state, actions = H.step(state, self.st.policy, results, now)

@@ -200,6 +200,12 @@ class ArmedSwitch:
             return self.proc.poll() is None
         return self.thread is not None and self.thread.is_alive()
 
+    def ready(self) -> bool:
+        """True once the armed playbook waits on the pipe (it touched ``PIPE.ready``)."""
+        import os
+
+        return bool(self.fifo) and self.alive() and os.path.exists(f"{self.fifo}.ready")
+
     def _write(self, text: str, timeout: float) -> bool:
         import errno
         import os

@@ -136,6 +136,8 @@ class Watcher:
 def watcher(env):
     cfg, environ, events, evidence = env
     w = Watcher(environ, "--failback-hold", str(HOLD_S))
+    # Lines do not break in the first seconds of a watcher: let it arm its switch playbook.
+    assert wait_for(lambda: w.find("armed"), 60)
     yield w
     w.stop()
 
