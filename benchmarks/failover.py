@@ -110,7 +110,8 @@ def last_switch(evidence: Path) -> dict:
     steps = {s["step"]: s for s in list(runs.values())[-1]}
     play = steps["playbook line_switch.yml"]["details"]
     return {"how": play.get("runner", "runner"), "playbook_s": play.get("elapsed_s"),
-            "upstream_hook_s": steps["upstream"]["duration_s"]}
+            "upstream_hook_s": steps["upstream"]["details"].get(
+                "elapsed_s", steps["upstream"]["duration_s"])}
 
 
 def one_failover(w: Watcher, settle: float) -> dict[str, float]:

@@ -183,10 +183,24 @@ def switch(st: Setup, ledger, to: str, *, kind: str, reason: str, dry_run: bool 
         with run:
             run.record_step("decision", host=st.gw.host, details={
                 "from": previous, "to": to, "reason": reason, **(evidence or {})})
+            hook = {}
+            subst = {"line": to, "previous": previous or "", "gateway": st.gw.host}
+
+            def upstream_now() -> None:
+                # Called once the gateway has switched; with an armed ansible-playbook that is
+                # before ansible has finished the play (~0.5-1 s of exit it need not wait for).
+                t = time.monotonic()
+                try:
+                    hook["result"] = run_hook(st.lc, st.lc.upstream_command, **subst)
+                except ResilienceError as exc:
+                    hook["error"] = exc
+                hook["elapsed_s"] = round(time.monotonic() - t, 3)
+
+            early = upstream_now if st.lc.upstream_command and not dry_run else None
             result = None
             if armed is not None:
                 try:
-                    result = armed.fire(to, run=run)
+                    result = armed.fire(to, run=run, on_switched=early)
                 except NotArmed:
                     result = None  # nothing changed: fall through to a cold run
             if result is None:
@@ -197,13 +211,15 @@ def switch(st: Setup, ledger, to: str, *, kind: str, reason: str, dry_run: bool 
                     step.details["note"] = "no lines.upstream_command configured"
                     step.outcome = "skipped"
                 elif dry_run:
-                    step.details["would_run"] = _hook_argv(st.lc.upstream_command, line=to,
-                                                           previous=previous or "",
-                                                           gateway=st.gw.host)
+                    step.details["would_run"] = _hook_argv(st.lc.upstream_command, **subst)
                     step.outcome = "skipped"
                 else:
-                    step.details.update(run_hook(st.lc, st.lc.upstream_command, line=to,
-                                                 previous=previous or "", gateway=st.gw.host))
+                    if not hook:
+                        upstream_now()
+                    step.details["elapsed_s"] = hook["elapsed_s"]
+                    if "error" in hook:
+                        raise hook["error"]
+                    step.details.update(hook["result"])
             state = None
             if not dry_run:
                 with run.step("verify", host=st.gw.host) as step:

@@ -21,6 +21,7 @@ import json
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -139,6 +140,12 @@ def run_ansible_playbook(cfg: Config, playbook: str, host: str, extravars: dict,
     return hosts, changed
 
 
+# The task of line_switch.yml that changes the route (its name starts so), and the result
+# lines that mean it is done (switched, already right, or nothing to do).
+SWITCH_TASK = "Point the default route at"
+SWITCH_DONE = re.compile(r"^(changed|ok|skipping): \[")
+
+
 class NotArmed(ResilienceError):
     """The armed playbook was gone: nothing was changed, run a cold one."""
 
@@ -159,11 +166,12 @@ class ArmedSwitch:
         self.thread = None
         self.outcome: dict = {}
         self.cfg_dir: tempfile.TemporaryDirectory | None = None
+        self.output: list[str] = []
+        self.switched = threading.Event()
 
     def arm(self) -> None:
         """Start the playbook; it waits for :meth:`fire`. Returns at once."""
         import os
-        import threading
 
         self.dir = tempfile.mkdtemp(prefix="rsl-arm-")  # mode 0700: only we write the pipe
         self.fifo = os.path.join(self.dir, "line")
@@ -190,9 +198,22 @@ class ArmedSwitch:
         else:
             argv, env, self.cfg_dir = _argv_env(self.cfg, self.playbook, self.host, extravars,
                                                 self.check)
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, text=True, env=env,
                                          start_new_session=True)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        """Collect the playbook's output; note when the route task has reported, which is
+        when the gateway has switched (the play's end and ansible's exit come later)."""
+        in_switch_task = False
+        for text in self.proc.stdout:
+            self.output.append(text)
+            if text.startswith("TASK ["):
+                in_switch_task = text.startswith(f"TASK [{SWITCH_TASK}")
+            elif in_switch_task and SWITCH_DONE.match(text):
+                self.switched.set()
+        self.switched.set()  # the process ended: nobody waits for a report that never comes
 
     def alive(self) -> bool:
         """True while the armed playbook is waiting (or still starting)."""
@@ -226,21 +247,31 @@ class ArmedSwitch:
             return True
         return False
 
-    def fire(self, line: str, *, run=None, timeout: float = 120) -> dict:
+    def fire(self, line: str, *, run=None, timeout: float = 120, on_switched=None) -> dict:
         """Switch to ``line`` through the armed playbook; same result and step as
-        :func:`switch_gateway`. Raises PlaybookError when it failed, ResilienceError when
-        the armed playbook was not there to take the decision (then run a cold one)."""
+        :func:`switch_gateway`. ``on_switched()`` is called as soon as the playbook reported
+        its route task done without failure (with ``switch_with: ansible-playbook``; with the
+        runner, after the playbook ended), while ansible finishes the play. Raises
+        PlaybookError when it failed, NotArmed when the armed playbook was not there to take
+        the decision (nothing changed: run a cold one)."""
         t0 = time.monotonic()
         path = _playbook_path(self.cfg, self.playbook)
         if not self._write(f"{line}\n", timeout):
             self.disarm()
             raise NotArmed(f"armed playbook {path.name} did not take the decision")
+        early = False
         if self.proc is not None:
+            self.switched.wait(timeout)
+            if on_switched is not None and not any(_FATAL.match(t) for t in self.output) \
+                    and self.proc.poll() is None:
+                early = True
+                on_switched()
             try:
-                out, err = self.proc.communicate(timeout=timeout)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.disarm()
                 raise ResilienceError(f"playbook {path.name} timed out") from None
+            out = err = "".join(self.output)
             hosts, failures = parse_output(out)
             rc = self.proc.returncode
         else:
@@ -263,6 +294,8 @@ class ArmedSwitch:
             why = (f"{first['host']}: {first['task']}: {first['msg']}" if first
                    else redact_text((str(err).strip().splitlines() or ["no output"])[-1]))
             raise PlaybookError(f"playbook {path.name} failed (rc {rc}): {why}")
+        if on_switched is not None and not early:
+            on_switched()
         return {"changed": changed, "hosts": hosts, "how": f"{self.how} (armed)",
                 "elapsed_s": round(time.monotonic() - t0, 3)}
 
@@ -271,7 +304,7 @@ class ArmedSwitch:
         if self.fifo and self.alive() and self._write("none\n", 2):
             if self.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.communicate(timeout=10)
+                    self.proc.wait(timeout=10)
             elif self.thread is not None:
                 self.thread.join(10)
         if self.proc is not None and self.proc.poll() is None:
@@ -281,7 +314,7 @@ class ArmedSwitch:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.communicate(timeout=5)
+                self.proc.wait(timeout=5)
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -192,6 +192,9 @@ def test_watcher_fails_over_within_the_goal_and_fails_back_after_the_hold(env, w
     assert run["action"] == "line-failover" and run["outcome"] == "ok"
     assert [s["step"] for s in run["steps"]] == ["decision", "playbook line_switch.yml",
                                                  "upstream", "verify"]
+    # The watcher's switch went through the playbook it had started ahead of time.
+    assert run["steps"][1]["details"]["runner"].endswith("(armed)")
+    assert run["steps"][1]["details"]["hosts"]["gw1"]["changed"] == 1
     assert alarms.get(timeout=10)["event"] == "lines.failover"
 
     faults.line_up("primary")

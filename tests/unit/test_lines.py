@@ -231,6 +231,13 @@ gw1                        : ok=2    changed=1    unreachable=0    failed=1    s
 """
 
 
+def test_the_switch_task_named_in_the_code_is_in_the_playbook():
+    from resilience.control.switch import SWITCH_TASK
+
+    playbook = Path(__file__).resolve().parents[2] / "playbooks" / "line_switch.yml"
+    assert f"- name: {SWITCH_TASK} {{{{ line }}}}" in playbook.read_text()
+
+
 def test_parse_output_reads_recap_and_failures():
     hosts, failures = parse_output(RECAP)
     assert hosts == {"gw1": {"ok": 2, "changed": 1, "failed": 1, "unreachable": 0, "skipped": 0}}
