@@ -243,6 +243,8 @@ class _Recorder:
         msg = None
         if outcome in ("failed", "unreachable"):
             msg = _NO_LOG_MSG if no_log else redact_text(_message(res))
+            if outcome == "unreachable":
+                msg = _ssh_summary(msg)
             if not ignored:
                 self.failures.append({"host": host, "task": task, "msg": msg,
                                       "unreachable": outcome == "unreachable"})
@@ -279,6 +281,24 @@ def hosts_from_stats(stats: dict) -> dict[str, dict[str, int]]:
     for host in (stats.get("processed") or {}):
         hosts.setdefault(host, dict.fromkeys(STAT_KEYS, 0))
     return hosts
+
+
+_SSH_REASONS = (
+    (("host key verification failed", "remote host identification has changed", "no ed25519 host key is known",
+      "host key is known"), "host key verification failed (unknown or changed host key; refusing to connect)"),
+    (("permission denied",), "permission denied (key not accepted)"),
+    (("connection refused",), "connection refused"),
+    (("timed out", "no route to host"), "no answer (timed out or no route)"),
+)
+
+
+def _ssh_summary(msg: str) -> str:
+    """One readable reason for an unreachable host instead of OpenSSH's banner of @s."""
+    low = msg.lower()
+    for needles, reason in _SSH_REASONS:
+        if any(n in low for n in needles):
+            return reason
+    return msg
 
 
 def _message(res: dict) -> str:
