@@ -7,6 +7,7 @@ reason. YAML, INI, directories and dynamic inventories all work because Ansible 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,8 +64,7 @@ def ansible_env() -> dict[str, str]:
     return env
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int) -> Inventory:
+def _list(path: str) -> str:
     proc = subprocess.run(
         [ansible_bin("ansible-inventory"), "-i", path, "--list"],
         capture_output=True, text=True, env=ansible_env(), timeout=120, check=False,
@@ -74,8 +74,84 @@ def _load(path: str, mtime_ns: int) -> Inventory:
         reason = next((ln for ln in lines if "ERROR" in ln or "error" in ln.lower()), lines[-1] if lines else "")
         reason = reason.replace("[ERROR]:", "").replace("ERROR!", "").strip() or "not a valid Ansible inventory"
         raise ConfigError([f"{path}: inventory: {reason}"])
+    return proc.stdout
+
+
+# ansible-inventory costs ~0.8 s of start-up, more than a whole no-change backup may take. Its
+# answer for a static inventory file depends only on that file, the group_vars/host_vars
+# folders beside it and Ansible's version: cached on disk under that fingerprint. Dynamic
+# inventories (executables, plugin configs) and inventories holding anything that looks
+# like a secret are never cached.
+_SECRET_HINTS = ("pass", "secret", "token", "vault", "key_data")
+
+
+def _fingerprint(path: Path) -> str | None:
     try:
-        data = json.loads(proc.stdout)
+        st = path.stat()
+        if not path.is_file() or st.st_mode & 0o111 or st.st_size > (4 << 20):
+            return None
+        text = path.read_bytes()
+    except OSError:
+        return None
+    if b"plugin:" in text:
+        return None
+    h = hashlib.sha256(text)
+    h.update(ansible_bin("ansible-inventory").encode())
+    for sub in ("group_vars", "host_vars"):
+        for root, dirs, files in os.walk(path.parent / sub):
+            dirs.sort()
+            for name in sorted(files):
+                f = os.path.join(root, name)
+                try:
+                    fst = os.stat(f)
+                except OSError:
+                    return None
+                h.update(f"{f}\0{fst.st_size}\0{fst.st_mtime_ns}\0{fst.st_ino}\0".encode())
+    try:
+        from importlib.metadata import version
+
+        h.update(version("ansible-core").encode())
+    except Exception:  # noqa: BLE001 - no version, no cache
+        return None
+    return h.hexdigest()
+
+
+def _looks_secret(hostvars: dict[str, Any]) -> bool:
+    return any(any(hint in str(k).lower() for hint in _SECRET_HINTS) or "__ansible_vault" in str(v)
+               for hv in hostvars.values() for k, v in hv.items())
+
+
+def _cached_list(path: str) -> str:
+    from .state import state_dir
+
+    fp = _fingerprint(Path(path))
+    cache = state_dir() / "cache" / "inventory" / f"{fp}.json" if fp else None
+    if cache is not None:
+        try:
+            return cache.read_text()
+        except OSError:
+            pass
+    out = _list(path)
+    if cache is not None:
+        try:
+            data = json.loads(out)
+            if not _looks_secret(data.get("_meta", {}).get("hostvars", {})):
+                cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(out)
+                os.replace(tmp, cache)
+        except (OSError, ValueError):
+            pass  # a cache that cannot be written costs time, nothing else
+    return out
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int) -> Inventory:
+    out = _cached_list(path)
+    try:
+        data = json.loads(out)
     except ValueError:
         raise ConfigError([f"{path}: inventory: ansible-inventory printed no JSON"]) from None
     hostvars = data.get("_meta", {}).get("hostvars", {})

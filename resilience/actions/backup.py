@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..config import Config, SiteConfig
@@ -30,14 +32,17 @@ def files_source(cfg: Config, site_name: str, site: SiteConfig, ssh: SSH) -> tup
     for host in files.hosts:
         if host == "localhost":
             return LocalSource(files.path, files.exclude), tried
-        target = target_for(cfg, host)
-        reason = ssh.reachable(target)
+        source = RemoteSource(ssh, target_for(cfg, host), files.path, files.exclude)
+        try:
+            reason = source.connect()
+        except ResilienceError as exc:
+            if "host key" in str(exc):
+                # A changed host key may mean an impostor: never silently move on to the next.
+                raise ResilienceError(f"site {site_name!r}: {exc}") from None
+            raise
         if reason is None:
-            return RemoteSource(ssh, target, files.path, files.exclude), tried
+            return source, tried
         tried.append({"host": host, "error": reason})
-        if reason.startswith("host key"):
-            # A changed host key may mean an impostor: never silently move on to the next.
-            raise ResilienceError(f"site {site_name!r}: {host}: {reason}")
     raise TemporaryError(f"site {site_name!r}: no member reachable: "
                          + "; ".join(f"{t['host']}: {t['error']}" for t in tried))
 
@@ -66,7 +71,7 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
     run = ledger.start_run("backup", {"sites": sites, "files": files, "database": database,
                                       "repository": cfg.repository.url if cfg.repository else None},
                            dry_run=dry_run)
-    with run, opened(cfg) as repo, SSH() as ssh:
+    with run, SSH() as ssh, _early_listing(cfg, sites, files, ssh) as early, opened(cfg) as repo:
         run.details["repository_id"] = repo.id
         new: list[Snapshot] = []
         for name in sites:
@@ -81,7 +86,8 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
             for part in parts:
                 try:
                     if part == "files":
-                        snap = _backup_files(cfg, repo, ssh, run, name, site, dry_run, progress, result)
+                        snap = _backup_files(cfg, repo, ssh, run, name, site, dry_run, progress, result,
+                                             early.pop(name, None))
                     else:
                         snap = _backup_database(cfg, repo, run, name, site, dry_run, progress, result)
                     if snap is not None:
@@ -109,11 +115,28 @@ def backup(cfg: Config, ledger: Ledger, sites: list[str], *, dry_run: bool = Fal
     return results, code
 
 
+@contextlib.contextmanager
+def _early_listing(cfg: Config, sites: list[str], files: bool, ssh: SSH):
+    """Start choosing the first site's member (its listing) while the repository opens: the
+    listing waits on the network and the member, the key derivation on this CPU. Yields
+    {site: future of files_source()}."""
+    first = next((n for n in sites if files and cfg.site(n).files is not None), None)
+    if first is None:
+        yield {}
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="listing")
+    early = {first: pool.submit(files_source, cfg, first, cfg.site(first), ssh)}
+    try:
+        yield early
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _backup_files(cfg: Config, repo: Repository, ssh: SSH, run, name: str, site: SiteConfig, dry_run: bool,
-                  progress, result: dict[str, Any]) -> Snapshot | None:
+                  progress, result: dict[str, Any], early: Future | None = None) -> Snapshot | None:
     """One site's files; fills ``result`` (file figures at its top level) and returns the snapshot."""
     with run.step(f"backup files of {name}", host=",".join(site.files.hosts)) as step:
-        source, tried = files_source(cfg, name, site, ssh)
+        source, tried = early.result() if early is not None else files_source(cfg, name, site, ssh)
         if tried:
             step.details["members_unreachable"] = tried
             result["members_unreachable"] = tried

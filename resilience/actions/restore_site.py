@@ -57,9 +57,10 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                 with run.step("plan files", host=host) as step:
                     plan, items = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude)
                     plans[host] = (t, plan, items)
-                    step.details.update({k: v for k, v in plan.as_dict().items() if k not in ("send", "remove")})
-                    step.details.update(remove=plan.as_dict()["remove"][:50], send=plan.as_dict()["send"][:50])
-                result["members"][host] = plan.as_dict()
+                    shown = plan.as_dict()
+                    step.details.update({k: v for k, v in shown.items() if k not in ("send", "remove")})
+                    step.details.update(remove=shown["remove"][:50], send=shown["send"][:50])
+                result["members"][host] = shown
             if not dry_run:
                 changing = [h for h, (_t, p, _i) in plans.items() if not p.in_sync]
                 if changing and confirm is not None and not confirm(
@@ -72,11 +73,11 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                         continue
                     try:
                         with run.step("restore files", host=host) as step:
-                            timing = apply_member(repo, snap, ssh, t, site.files.path, plan, items)
+                            timing, listing = apply_member(repo, snap, ssh, t, site.files.path, plan, items)
                             # Files proven equal before keep their inodes through the staging
                             # copy: only what was sent is hashed again.
                             after, _ = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude,
-                                                   trusted=plan.proven)
+                                                   trusted=plan.proven, items=items, listing=listing)
                             step.details.update(added=plan.added, changed=plan.changed, removed=plan.removed,
                                                 verified=after.in_sync, snapshot=snap.id,
                                                 content_sha256=content_digest(items), **timing)

@@ -97,6 +97,10 @@ class SSH:
             "-o", f"ControlPath={self._control_dir()}/%C",
             "-o", "ControlPersist=30",
             "-o", "LogLevel=ERROR",
+            # AES-GCM first (the rest of OpenSSH's defaults after it): with AES-NI it costs
+            # the client half the CPU of the default chacha20-poly1305 (measured: 0.85 vs
+            # 2.24 CPU-s for a 1.4 GB tar stream), and the member the same again.
+            "-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com",
             "-p", str(t.port),
             "-l", t.user,
         ]
@@ -106,8 +110,13 @@ class SSH:
             opts += ["-o", "IdentitiesOnly=yes", "-i", t.identity_file]
         return [self.binary, *opts, t.address, "--"]
 
+    def register(self, t: Target) -> None:
+        """Note that ``t``'s control master may exist, so that :meth:`close` ends it (for
+        commands started from :meth:`argv` elsewhere, e.g. in worker processes)."""
+        self._masters.add(t)
+
     def _command(self, t: Target, command: str) -> list[str]:
-        self._masters.add(t)  # its control master is closed by close()
+        self.register(t)
         return [*self.argv(t), command]
 
     def run(self, t: Target, command: str, *, input: bytes | None = None, timeout: float = 300,
@@ -126,17 +135,6 @@ class SSH:
         """Start ``command`` on ``t`` with pipes as given in ``kw`` (for streams)."""
         return subprocess.Popen(self._command(t, command), **kw)
 
-    def reachable(self, t: Target) -> str | None:
-        """None when ``t`` answers, else why not (one line)."""
-        try:
-            proc = subprocess.run(self._command(t, "true"), capture_output=True,
-                                  timeout=t.connect_timeout + 10, check=False)
-        except subprocess.TimeoutExpired:
-            return "no answer"
-        if proc.returncode == 0:
-            return None
-        return _ssh_reason(proc.stderr) or f"ssh exit {proc.returncode}"
-
     def close(self) -> None:
         for t in self._masters:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -148,7 +146,8 @@ class SSH:
             self._dir = None
 
 
-def _ssh_reason(stderr: bytes) -> str:
+def ssh_reason(stderr: bytes) -> str:
+    """Why ssh itself failed (exit 255), in one line without secrets."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     for ln in lines:
         low = ln.lower()
@@ -168,7 +167,7 @@ def raise_for(t: Target, code: int, stderr: bytes) -> None:
     if code == 0:
         return
     if code == 255:
-        reason = _ssh_reason(stderr)
+        reason = ssh_reason(stderr)
         if reason.startswith("host key"):
             raise ResilienceError(f"{t.name}: {reason}")
         if reason.startswith("permission denied"):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import ResilienceError
+from ..errors import ResilienceError, TemporaryError
 from ..sources.base import Entry, Opener, Source
 from . import blob as blobs
 from . import statcache
@@ -37,6 +37,7 @@ WHOLE_READ = 16 << 20  # files up to this size are read in one call and cut in m
 # Worker processes pay ~0.3 s to start; below this much to read, threads are as fast.
 PROCESS_THRESHOLD = 64 << 20
 BATCH_BYTES, BATCH_FILES = 8 << 20, 64
+REMOTE_BATCH = 96 << 20, 2048
 
 
 @dataclass
@@ -185,6 +186,7 @@ class Backup:
 
         entries = self.source.entries(view.stats)
         root_entry = next(entries)
+        proofs = self._member_proofs()
         for e in entries:
             path, parent = e.path, e.parent
             kinds[path] = e.type
@@ -209,7 +211,9 @@ class Backup:
                     stats.files_unchanged += 1
                     continue
                 old_key = view.stats(parent).get(e.name)
-                if old_key is not None and old_key == stat_key(FILE, e.size, e.mtime_ns, e.ctime_ns, e.inode, e.dev):
+                if old_key is not None and (
+                        old_key == stat_key(FILE, e.size, e.mtime_ns, e.ctime_ns, e.inode, e.dev)
+                        or self._proven_as_before(proofs, e, view.nodes(parent).get(e.name))):
                     old = view.nodes(parent).get(e.name)
                     if old is not None and "content" in old:
                         nodes[path]["content"] = old["content"]
@@ -294,10 +298,29 @@ class Backup:
             out[folder] = (subtrees[folder], keys)
         return out
 
+    def _member_proofs(self) -> dict:
+        """Files of a member that a restore proved to hold a snapshot's content (see
+        targets/memberstate.py): a restore's hard-link staging moves every ctime, and without
+        these the first backup after a restore would read the whole member again."""
+        desc = self.source.describe()
+        if self.parent is None or not desc.get("host") or not desc.get("path"):
+            return {}
+        from ..targets import memberstate
+
+        return memberstate.load(self.repo, desc["host"], desc["path"])
+
+    @staticmethod
+    def _proven_as_before(proofs: dict, e: Entry, old: dict[str, Any] | None) -> bool:
+        if not proofs or old is None or not old.get("sha256") or old.get("size") != e.size:
+            return False
+        from ..targets.memberstate import proven_sha256
+
+        return proven_sha256(proofs, e.path, e.inode, e.size, e.mtime_ns, e.ctime_ns) == old["sha256"]
+
     def _use_processes(self, files: list[Entry]) -> bool:
         setting = os.environ.get("RESILIENCE_PROCESSES", "auto")
         # Workers store their packs themselves, so a dry run stays with threads.
-        if setting == "0" or self.dry_run or (os.cpu_count() or 1) < 2 or not hasattr(self.source, "local_path"):
+        if setting == "0" or self.dry_run or (os.cpu_count() or 1) < 2 or self.source.batch_reader() is None:
             return False
         return setting == "1" or (len(files) >= 32 and sum(e.size for e in files) >= PROCESS_THRESHOLD)
 
@@ -361,6 +384,9 @@ class Backup:
 
         self.writer.ensure_prepared()
         key = self.repo.key
+        reader = self.source.batch_reader()
+        # A remote batch is one tar stream (an ssh session): fewer, larger batches.
+        batch_bytes, batch_files = (BATCH_BYTES, BATCH_FILES) if reader[0] == "local" else REMOTE_BATCH
         # One more process than cores: a worker blocked on a read or an upload leaves the
         # core to another instead of idling it.
         n = int(os.environ.get("RESILIENCE_WORKERS", "0")) or (os.cpu_count() or 2) + 1
@@ -369,12 +395,12 @@ class Backup:
         fill = [0] * n
         by_path = {}
         for e in files:
-            full = self.source.local_path(e)
+            full = self.source.batch_key(e)
             by_path[full] = e
             w = hash(e.size) % n
             per_worker[w][-1].append((full, e.size, e.mtime_ns))
             fill[w] += e.size
-            if fill[w] >= BATCH_BYTES or len(per_worker[w][-1]) >= BATCH_FILES:
+            if fill[w] >= batch_bytes or len(per_worker[w][-1]) >= batch_files:
                 per_worker[w].append([])
                 fill[w] = 0
         ctx = multiprocessing.get_context("spawn")
@@ -382,7 +408,8 @@ class Backup:
         tasks = [ctx.Queue() for _ in range(n)]
         args = (key.enc, key.mac, self.repo.chunker_params, self.repo.compression,
                 b"".join(self.repo.index.blobs), self.repo.store.spec(), self.repo.pack_size)
-        procs = [ctx.Process(target=workers.worker_main, args=(tasks[i], results, os.getpid(), *args), daemon=True)
+        procs = [ctx.Process(target=workers.worker_main, args=(tasks[i], results, os.getpid(), reader, *args),
+                             daemon=True)
                  for i in range(n)]
         for p in procs:
             p.start()
@@ -430,7 +457,9 @@ class Backup:
                 elif kind == "done":
                     done += 1
                 elif kind == "error":
-                    raise ResilienceError(f"backup worker failed: {msg[1]}")
+                    # A member that went away mid-stream is worth a retry, like in the parent.
+                    cls = TemporaryError if msg[2] == "TemporaryError" else ResilienceError
+                    raise cls(f"backup worker failed: {msg[1]}")
         finally:
             for p in procs:
                 if p.is_alive() and done < n:
@@ -449,8 +478,9 @@ class Backup:
         if res.changed:
             self._warn(f"{_show(e.path)}: changed during the backup (stored as read)")
         node = nodes[e.path]
-        node.update(content=res.content, size=res.size, sha256=res.sha256,
-                    mtime_ns=res.mtime_ns, ctime_ns=res.ctime_ns)
+        node.update(content=res.content, size=res.size, sha256=res.sha256)
+        if res.mtime_ns is not None:  # read locally: the times of what was read
+            node.update(mtime_ns=res.mtime_ns, ctime_ns=res.ctime_ns)
         self.writer.count_added(res.new_bytes)
         self.progress.add(1, res.size)
 

@@ -59,10 +59,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def worker_main(tasks, results, parent: int, enc: bytes, mac: bytes, chunker: dict[str, int], level: int,
-                known: bytes, store_spec: tuple, pack_size: int) -> None:
-    """Process batches from ``tasks`` until None; report ("files", [FileResult…]),
-    ("pack", pack id, entries), then ("done", None) — or ("error", message)."""
+def worker_main(tasks, results, parent: int, reader: tuple, enc: bytes, mac: bytes, chunker: dict[str, int],
+                level: int, known: bytes, store_spec: tuple, pack_size: int) -> None:
+    """Process batches from ``tasks`` until None, reading files as ``reader`` says (see
+    :func:`read_batch`); report ("files", [FileResult…]), ("pack", pack id, entries), then
+    ("done", None) — or ("error", message, error class name)."""
     from ..runtime import tune_malloc
     from .pack import PackBuilder, pack_name
     from .store import store_from_spec
@@ -116,8 +117,7 @@ def worker_main(tasks, results, parent: int, enc: bytes, mac: bytes, chunker: di
             if batch is None:
                 break
             out = []
-            for path, size, mtime in batch:
-                res = _process(path, size, mtime)
+            for res in read_batch(reader, batch):
                 for bid, head, body, raw in res.blobs:
                     builder.add(blobs.DATA, bid, (head, body), raw)
                     res.new_bytes += raw
@@ -132,15 +132,45 @@ def worker_main(tasks, results, parent: int, enc: bytes, mac: bytes, chunker: di
             raise failures[0]
         results.put(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
+        results.put(("error", str(exc) or type(exc).__name__, type(exc).__name__))
 
 
-def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
+def read_batch(reader: tuple, batch: list[tuple[bytes, int, int]]):
+    """FileResults for ``batch`` [(name, listed size, listed mtime_ns)…], in order.
+
+    ``reader`` is a source's :meth:`~resilience.sources.base.Source.batch_reader`:
+    ``("local",)`` opens each name on this machine; ``("ssh", argv, folder, host)`` reads the
+    whole batch through one tar stream from the member (names relative to ``folder``)."""
+    if reader[0] == "local":
+        for path, size, mtime in batch:
+            yield _process(path, size, mtime)
+        return
+    from ..sources.remote import TarStream, changed_since_listing
+
+    _, argv, folder, host = reader
+    stream = TarStream(argv, folder, [item[0] for item in batch], host)
+    try:
+        for i, member, f in stream.members():
+            path, size, mtime = batch[i]
+            res = FileResult(path)
+            if f is None:  # vanished, or no longer a regular file
+                res.vanished = True
+            else:
+                chunker: Chunker = _state["chunker"]
+                pieces = chunker.cut(f.read()) if member.size <= (16 << 20) else chunker.cut_stream(f)
+                _digest(res, pieces)
+                res.changed = changed_since_listing(member, size, mtime)
+            yield res
+    finally:
+        stream.close()
+    stream.raise_for_exit()
+
+
+def _digest(res: FileResult, pieces) -> None:
+    """Fill ``res`` with the content of ``pieces``, sealing the blobs this worker has not seen."""
     key: MasterKey = _state["key"]
-    chunker: Chunker = _state["chunker"]
     known: set[bytes] = _state["known"]
     level: int = _state["level"]
-    res = FileResult(path)
 
     def store(bid: bytes, piece) -> None:
         if bid not in known:
@@ -148,6 +178,12 @@ def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
             head, body = blobs.seal_blob(key, blobs.DATA, bid, piece, level)
             res.blobs.append((bid, head, body, len(piece)))
 
+    res.content, res.size, res.sha256 = content_of(pieces, key, store)
+
+
+def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
+    chunker: Chunker = _state["chunker"]
+    res = FileResult(path)
     try:
         fd = open_nofollow(path)
     except OSError as exc:
@@ -157,7 +193,7 @@ def _process(path: bytes, listed_size: int, listed_mtime: int) -> FileResult:
             pieces = chunker.cut(read_all(lambda n: os.read(fd, n), listed_size))
         else:
             pieces = chunker.cut_stream(os.fdopen(os.dup(fd), "rb", buffering=0))
-        res.content, res.size, res.sha256 = content_of(pieces, key, store)
+        _digest(res, pieces)
         st = os.fstat(fd)
         if st.st_size != res.size or st.st_mtime_ns != listed_mtime:
             res.changed = True

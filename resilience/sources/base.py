@@ -102,6 +102,16 @@ class Source(ABC):
         whose stat key is unchanged (ctime moves on any chmod, chown, xattr or link change) by
         yielding ``Entry(path, type, size=…, inode=…, dev=…, nlink=…, reuse=True)``."""
 
+    def batch_reader(self) -> tuple | None:
+        """How a worker process reads this source's files by itself (a picklable spec that
+        :func:`resilience.repository.workers.read_batch` understands), or None when only
+        :meth:`open` can. Files are then named by :meth:`batch_key`."""
+        return None
+
+    def batch_key(self, e: Entry) -> bytes:
+        """The name under which a worker reads ``e`` (see :meth:`batch_reader`)."""
+        return e.path
+
     @abstractmethod
     def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:
         """Content for ``files`` (regular files, in the given order). The opener may be called

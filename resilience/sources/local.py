@@ -206,6 +206,12 @@ class LocalSource(Source):
         """Where the entry's content can be read on this machine (for worker processes)."""
         return self._full(e.path)
 
+    def batch_reader(self) -> tuple:
+        return ("local",)
+
+    def batch_key(self, e: Entry) -> bytes:
+        return self._full(e.path)
+
     def open(self, files: list[Entry]) -> Iterator[tuple[Entry, Opener | None]]:
         for e in files:
             yield e, self._opener(e)

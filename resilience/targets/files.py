@@ -24,16 +24,18 @@ import subprocess
 import tarfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..control.ssh import SSH, Target, quote, raise_for
+from ..errors import ResilienceError
 from ..repository.repo import Repository, iter_tree
 from ..repository.restore import PackFetcher, node_chunks
 from ..repository.snapshot import Snapshot
 from ..repository.tree import DIR, FIFO, FILE, SYMLINK, get_bytes
 from ..sources.patterns import Matcher
-from ..sources.remote import FIND_FORMAT, parse_listing
+from ..sources.remote import listing_command, parse_listing
+from . import memberstate
 
 # Exchanges two paths atomically (Linux renameat2 RENAME_EXCHANGE). Python is on every
 # Ansible-managed host; coreutils 9.1 (Debian 12) has no `mv --exchange` yet.
@@ -68,21 +70,27 @@ class MemberPlan:
         return not self.send and not self.remove
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("proven", None)
+        # Not dataclasses.asdict: it deep-copies ``proven`` (one tuple per file) to drop it.
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("proven", "send", "remove")}
         d["send"] = [p.decode("utf-8", "backslashreplace") for p in self.send[:200]]
         d["remove"] = [p.decode("utf-8", "backslashreplace") for p in self.remove[:200]]
         return d
 
 
 def _list_member(ssh: SSH, t: Target, path: str) -> dict[bytes, dict[str, Any]]:
-    cmd = f"LC_ALL=C; export LC_ALL; [ -d {quote(path)} ] || exit 3; find {quote(path)} -printf {quote(FIND_FORMAT)}"
-    proc = ssh.run(t, cmd, check=False, timeout=900)
+    proc = ssh.run(t, listing_command(path), check=False, timeout=900)
     if proc.returncode == 3:
         return {}
     if proc.returncode not in (0, 1):
         raise_for(t, proc.returncode, proc.stderr)
-    return dict(parse_listing(proc.stdout))
+    return _parsed(t, proc.stdout)
+
+
+def _parsed(t: Target, listing: bytes) -> dict[bytes, dict[str, Any]]:
+    try:
+        return dict(parse_listing(listing))
+    except ValueError as exc:
+        raise ResilienceError(f"{t.name}: unreadable listing: {exc}") from None
 
 
 def _hash_on_member(ssh: SSH, t: Target, path: str, rels: list[bytes]) -> dict[bytes, str]:
@@ -109,16 +117,21 @@ def _same_meta(cur: dict[str, Any], node: dict[str, Any]) -> bool:
 
 
 def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str,
-                exclude: list[str] | None = None, trusted: dict[bytes, tuple] | None = None
-                ) -> tuple[MemberPlan, list]:
+                exclude: list[str] | None = None, trusted: dict[bytes, tuple] | None = None,
+                items: list | None = None, listing: bytes | None = None) -> tuple[MemberPlan, list]:
     """Compare the member's tree with the snapshot. Returns (plan, the snapshot's entries).
     Paths matching ``exclude`` (not backed up, e.g. caches) are left alone. ``trusted`` maps
     files proven equal earlier in the same operation to their (inode, size, mtime ns): the
-    staging copy's hard links move ctimes, and these need no second sha256."""
+    staging copy's hard links move ctimes, and these need no second sha256. ``items`` (the
+    snapshot's entries from an earlier call) and ``listing`` (the member's listing, taken
+    already) save reading them again."""
     skip = Matcher(exclude or [])
     trusted = trusted or {}
-    items = list(iter_tree(repo, snap.tree))
-    current = _list_member(ssh, t, path)
+    if items is None:
+        items = list(iter_tree(repo, snap.tree))
+    current = _list_member(ssh, t, path) if listing is None else _parsed(t, listing)
+    known = memberstate.load(repo, t.name, path)
+    proofs: dict[bytes, memberstate.Proof] = {}
     plan = MemberPlan(t.name)
     want: dict[bytes, dict[str, Any]] = dict(items)
     to_hash: list[bytes] = []
@@ -141,10 +154,15 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
         if kind == FILE:
             same_stat = (cur["size"], cur["mtime_ns"], cur["ctime_ns"], cur["inode"]) == (
                 node.get("size"), node.get("mtime_ns"), node.get("ctime_ns"), node.get("inode"))
+            if not same_stat and node.get("sha256"):
+                same_stat = node["sha256"] == memberstate.proven_sha256(
+                    known, rel, cur["inode"], cur["size"], cur["mtime_ns"], cur["ctime_ns"])
             if (same_stat or trusted.get(rel) == (cur["inode"], cur["size"], cur["mtime_ns"])) \
                     and _same_meta(cur, node):
                 plan.unchanged += 1
                 plan.proven[rel] = (cur["inode"], cur["size"], cur["mtime_ns"])
+                if node.get("sha256"):
+                    proofs[rel] = (cur["inode"], cur["size"], cur["mtime_ns"], cur["ctime_ns"], node["sha256"])
                 continue
             if cur["size"] == node.get("size") and node.get("sha256"):
                 to_hash.append(rel)
@@ -163,6 +181,7 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
         if digests.get(rel) == node["sha256"] and _same_meta(cur, node):
             plan.unchanged += 1
             plan.proven[rel] = (cur["inode"], cur["size"], cur["mtime_ns"])
+            proofs[rel] = (cur["inode"], cur["size"], cur["mtime_ns"], cur["ctime_ns"], node["sha256"])
         else:
             plan.changed += 1
             plan.send.append(rel)
@@ -175,6 +194,8 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
             top.append(p)
     plan.remove.extend(top)
     plan.removed = len(extra)
+    if proofs != known:
+        memberstate.save(repo, t.name, path, proofs)
     return plan, items
 
 
@@ -264,26 +285,24 @@ def content_digest(items) -> str:
 
 
 def apply_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str, plan: MemberPlan,
-                 items) -> dict[str, Any]:
-    """Build the staging copy, swap it in, delete the old tree. Raises on failure, after
-    removing the staging copy (the live tree is then untouched)."""
+                 items) -> tuple[dict[str, Any], bytes]:
+    """Build the staging copy, swap it in, delete the old tree. Returns (timings, the
+    member's listing right after the swap, for :func:`plan_member`). Raises on failure,
+    after removing the staging copy (the live tree is then untouched)."""
     parent, _, name = path.rstrip("/").rpartition("/")
     parent = parent or "/"
     stamp = time.strftime("%Y%m%dT%H%M%S")
     stage = f"{parent}/.{name}.resilience-stage-{stamp}"
     t0 = time.monotonic()
     q = quote
-    # Staging copy: hard links, so only the changed files take space.
+    # Staging copy: hard links, so only the changed files take space. Entries to be replaced
+    # are removed from it at once: each is then a new inode, never written through a hard
+    # link shared with the live tree.
     prep = (f"set -e; rm -rf {q(stage)}; if [ -d {q(path)} ]; then cp -al {q(path)} {q(stage)}; "
-            f"else mkdir -p {q(stage)}; fi")
-    ssh.run(t, prep, timeout=1800)
+            f"else mkdir -p {q(stage)}; fi; cd {q(stage)} && xargs -0 -r rm -rf --")
+    doomed = plan.remove + plan.send
     try:
-        # Entries to be replaced are removed from the staging copy first: each is then a new
-        # inode, never written through a hard link shared with the live tree.
-        doomed = plan.remove + plan.send
-        if doomed:
-            ssh.run(t, f"cd {q(stage)} && xargs -0 -r rm -rf --", input=b"".join(p + b"\0" for p in doomed),
-                    timeout=900)
+        ssh.run(t, prep, input=b"".join(p + b"\0" for p in doomed), timeout=1800)
         xattrs = any(node.get("xattrs") for _, node in items)
         extract = (f"cd {q(stage)} && tar -xpf - --numeric-owner --delay-directory-restore"
                    + (" --xattrs --xattrs-include='user.*'" if xattrs else ""))
@@ -299,15 +318,14 @@ def apply_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: st
         drain.join(5)
         if code != 0:
             raise_for(t, code, b"".join(err) or b"tar failed")
-        swap = f"python3 -c {q(EXCHANGE_PY)} {q(stage)} {q(path)}"
-        ssh.run(t, swap if _exists(ssh, t, path) else f"mv -T {q(stage)} {q(path)}", timeout=60)
+        # One round trip: swap (exit 90 if that fails: nothing changed), delete the previous
+        # tree (now under the staging name), list the result for the verification.
+        swap = (f"if [ -d {q(path)} ]; then python3 -c {q(EXCHANGE_PY)} {q(stage)} {q(path)} || exit 90; "
+                f"else mv -T {q(stage)} {q(path)} || exit 90; fi; rm -rf {q(stage)}; {listing_command(path)}")
+        done = ssh.run(t, swap, check=False, timeout=1800)
+        if done.returncode == 90 or done.returncode == 255:
+            raise_for(t, done.returncode, done.stderr)
     except BaseException:
         ssh.run(t, f"rm -rf {q(stage)}", check=False, timeout=900)
         raise
-    # After the exchange the staging name holds the previous tree.
-    ssh.run(t, f"rm -rf {q(stage)}", check=False, timeout=900)
-    return {"staged_and_swapped_s": round(time.monotonic() - t0, 3)}
-
-
-def _exists(ssh: SSH, t: Target, path: str) -> bool:
-    return ssh.run(t, f"[ -d {quote(path)} ]", check=False).returncode == 0
+    return {"staged_and_swapped_s": round(time.monotonic() - t0, 3)}, done.stdout

@@ -341,10 +341,10 @@ def test_worker_processes_report_vanished_and_unreadable_files(tmp_path, monkeyp
     (src / "vanishes.html").write_text("gone soon")
 
     class RacingSource(LocalSource):
-        def local_path(self, e):
+        def batch_key(self, e):
             if e.path == b"vanishes.html":
                 os.unlink(src / "vanishes.html")
-            return super().local_path(e)
+            return super().batch_key(e)
 
     repo = new_repo(tmp_path / "repo")
     snap, stats = Backup(repo, RacingSource(src), site="portal").run()
