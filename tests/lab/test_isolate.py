@@ -277,3 +277,20 @@ def test_unknown_or_changed_host_key_is_refused(lab, tmp_path, case):
     assert err.value.result.hosts["web1"]["unreachable"] == 1
     # Nothing was learned on first use.
     assert (tmp_path / "known_hosts").read_text() == known
+
+
+def test_ctrl_c_cancels_the_playbook_and_is_recorded(clean_members):
+    import signal
+
+    from resilience.evidence import Ledger
+
+    proc = subprocess.Popen([str(BIN / "resilience"), "--config", str(CONFIG), "rejoin", "web1", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # inside the first playbook
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    ends = [r for r in Ledger(lab_cfg().evidence.dir).records() if r["type"] == "run-end" and r["action"] == "rejoin"]
+    assert ends[-1]["outcome"] == "cancelled"
+    leftover = subprocess.run(["pgrep", "-f", "ansible-playbook.*rejoin.yml"], capture_output=True, text=True, check=False)
+    assert leftover.stdout.strip() == ""
