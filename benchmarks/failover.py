@@ -226,7 +226,7 @@ def main() -> None:
     for i, r in enumerate(runs, 1):
         print(f"  {i:>3}  {r['detect_s']:8.2f}  {r.get('gateway_s', float('nan')):7.2f}  "
               f"{r.get('upstream_s', float('nan')):8.2f}  {r.get('reachable_s', float('nan')):10.2f}"
-              f"   {r['playbook_s']:8.2f}  {r['upstream_hook_s']:4.2f}  ({r['how']})")
+              f"   {r['playbook_s'] or float('nan'):8.2f}  {r['upstream_hook_s']:4.2f}  ({r['how']})")
     for k in ("detect_s", "gateway_s", "upstream_s", "reachable_s"):
         print(f"  {k:<12} {fmt([r.get(k, float('nan')) for r in runs])}")
 

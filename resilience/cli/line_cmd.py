@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 
@@ -105,6 +106,10 @@ def _seconds(_ctx, _param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _terminate(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 @line.command("watch", epilog="""\b
 Runs until Ctrl-C, printing one line per event (--json: one JSON object per line).
 With --once: one probe round, counters kept in the state folder between runs (cron).
@@ -158,6 +163,9 @@ def watch_cmd(once: bool, interval: float | None, failback_hold: float | None,
 
     overrides = {"interval": interval, "failback_hold": failback_hold,
                  "down_after": down_after, "up_after": up_after}
+    # systemd (and kill) stop the watcher with SIGTERM: end as cleanly as on Ctrl-C, so the
+    # armed switch playbook is disarmed and the probe session closed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         res = lines.watch(a.config(), a.ledger(), once=once, dry_run=dry_run, emit=show,
                           max_seconds=duration, **overrides)
