@@ -251,6 +251,8 @@ class _Recorder:
         if self.run is not None:
             details = {"playbook": self.playbook, "task": task, "module": data.get("task_action"),
                        "changed": changed, "check": self.check}
+            if data.get("duration") is not None:
+                details["task_duration_s"] = round(float(data["duration"]), 3)
             if ignored:
                 details["ignored"] = True
             step_outcome = {"ok": "ok", "skipped": "skipped"}.get(outcome, "ok" if ignored else "failed")
