@@ -77,9 +77,11 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                             # Files proven equal before keep their inodes through the staging
                             # copy: only what was sent is hashed again.
                             after, _ = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude,
-                                                   trusted=plan.proven, items=items, listing=listing)
+                                                   trusted=plan.proven, items=items, listing=listing,
+                                                   sent=set(plan.send))
                             step.details.update(added=plan.added, changed=plan.changed, removed=plan.removed,
-                                                verified=after.in_sync, snapshot=snap.id,
+                                                verified=after.in_sync, verified_by_sha256=after.hashed,
+                                                verified_by_metadata=after.checked_by_metadata, snapshot=snap.id,
                                                 content_sha256=content_digest(items), **timing)
                             if not after.in_sync:
                                 raise ResilienceError(f"{host}: still differs from the snapshot after the restore "
