@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "cluster": "resilience.cli.cluster_cmd:cluster",
     "line": "resilience.cli.line_cmd:line",
     "block": "resilience.cli.block_cmd:block",
+    "integrity": "resilience.cli.watch_cmd:integrity",
+    "watch": "resilience.cli.watch_cmd:watch",
 }
 
 
