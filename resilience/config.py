@@ -330,6 +330,27 @@ class NotifyConfig(Strict):
     commands: list[Argv] = Field(default_factory=list)
 
 
+class PublishConfig(Strict):
+    """``resilience publish`` (docs/publish.md): how many distinct reviewers a publish needs."""
+
+    reviewers_required: int = Field(default=3, ge=1, le=20)
+
+
+class CredentialsConfig(Strict):
+    """``resilience creds`` (docs/credentials.md): the password policy and where rotated
+    passwords are kept. ``password_file`` is the key for the stored copies (default: the
+    repository password); ``allowed_users`` (glob patterns) limits which accounts rotate may
+    change (empty: any)."""
+
+    max_age: Seconds = 60 * 86400.0
+    admin_groups: list[str] = Field(default_factory=lambda: ["root", "sudo", "wheel", "admin"])
+    weak_list: ConfigPath | None = None
+    password_file: ConfigPath | None = None
+    dir: ConfigPath | None = None
+    allowed_users: list[str] = Field(default_factory=list)
+    length: int = Field(default=24, ge=16, le=128)
+
+
 class Config(Strict):
     version: Literal[1] = 1
     repository: RepositoryConfig | None = None
@@ -341,6 +362,8 @@ class Config(Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
 
     # Set by load_config, not by the file.
     source: Path | None = Field(default=None, exclude=True)
