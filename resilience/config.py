@@ -351,6 +351,34 @@ class CredentialsConfig(Strict):
     length: int = Field(default=24, ge=16, le=128)
 
 
+class ServiceCommands(Strict):
+    """How a runbook checks and restarts one service on a host (shell command lines)."""
+
+    check: str
+    restart: str
+
+
+def _default_services() -> dict[str, ServiceCommands]:
+    return {"nginx": ServiceCommands(check="systemctl is-active --quiet nginx",
+                                     restart="systemctl restart nginx"),
+            "postgresql": ServiceCommands(check="systemctl is-active --quiet postgresql",
+                                          restart="systemctl restart postgresql")}
+
+
+class RunbooksConfig(Strict):
+    """Incident runbooks (docs/runbooks.md): security updates mode (``off``, ``check`` =
+    list pending ones with a simulation only, ``apply``), the admin accounts whose passwords
+    a tamper rotates, the service commands, the access-log window analysed, where reports go
+    (default: the evidence folder's ``reports/``), how long ``network`` waits for a repair."""
+
+    security_updates: Literal["off", "check", "apply"] = "apply"
+    admin_users: list[str] = Field(default_factory=lambda: ["root"])
+    services: dict[str, ServiceCommands] = Field(default_factory=_default_services)
+    log_window: str = "1h"
+    report_dir: ConfigPath | None = None
+    repair_wait: Seconds = 600.0
+
+
 class Config(Strict):
     version: Literal[1] = 1
     repository: RepositoryConfig | None = None
@@ -362,6 +390,7 @@ class Config(Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    runbooks: RunbooksConfig = Field(default_factory=RunbooksConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
 

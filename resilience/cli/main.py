@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "cluster": "resilience.cli.cluster_cmd:cluster",
     "line": "resilience.cli.line_cmd:line",
     "block": "resilience.cli.block_cmd:block",
+    "incident": "resilience.cli.incident_cmd:incident",
     "creds": "resilience.cli.creds_cmd:creds",
     "integrity": "resilience.cli.watch_cmd:integrity",
     "watch": "resilience.cli.watch_cmd:watch",

@@ -138,6 +138,10 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
     trusted = trusted or {}
     if items is None:
         items = list(iter_tree(repo, snap.tree))
+    # Hook: quarantined content (illegal-content runbook) never comes back with a restore.
+    from ..runbooks.quarantine import filter_items
+
+    items = filter_items(items)
     current = _list_member(ssh, t, path) if listing is None else _parsed(t, listing)
     known = memberstate.load(repo, t.name, path)
     proofs: dict[bytes, memberstate.Proof] = {}

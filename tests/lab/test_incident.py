@@ -1,0 +1,110 @@
+"""Incident runbooks end to end in the lab, through the real CLI and the lab's own config.
+
+Every test here changes the lab (tampers, isolates, stops services, blocks, switches lines):
+each holds the shared member-tests lock and leaves the lab as it found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from resilience.lab import faults, site
+from resilience.lab import layout as L
+from resilience.lab import topology as T
+
+from .labtools import REPO, run_cli
+
+pytestmark = pytest.mark.lab
+CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
+LOCK = Path("/var/lib/resilience-lab/member-tests.lock")
+FIELDS = ("信息来源", "影响范围", "事件性质", "事件发展趋势", "采取的措施")
+
+
+@pytest.fixture
+def member_lock(lab):
+    """The lab-wide lock of tests that take members out or change the site (shared path)."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def incident(*args: str, env: dict | None = None, timeout: float = 900):
+    return run_cli("--config", CONFIG, "incident", *args, timeout=timeout,
+                   env=dict(os.environ, **(env or {})))
+
+
+def _restore_members() -> None:
+    """Back to the shared starting point: members unquarantined and UP, sites pristine."""
+    for web in T.WEB_HOSTS:
+        with contextlib.suppress(Exception):
+            faults.start_service(web, "sshd")
+        run_cli("--config", CONFIG, "rejoin", web, timeout=300)
+        if not site.is_pristine(L.site_dir(web)):
+            faults.untamper(web)
+
+
+@pytest.fixture
+def clean_members(member_lock):
+    yield
+    _restore_members()
+
+
+def _report(res: dict) -> tuple[str, dict]:
+    paths = res["report"]["paths"]
+    return Path(paths["markdown"]).read_text(), json.loads(Path(paths["json"]).read_text())
+
+
+def test_tamper_runbook_brings_the_member_back_clean(clean_members, tmp_path):
+    faults.tamper("web1")
+    assert not site.is_pristine(L.site_dir("web1"))
+    r = incident("tamper", "--site", "portal", "--host", "web1", "--json", "--report", str(tmp_path / "t.md"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    res = json.loads(r.stdout)
+    assert site.is_pristine(L.site_dir("web1"))
+    steps = {s["step"]: s["outcome"] for s in res["steps"]}
+    assert steps["isolate"] == steps["restore files"] == steps["rejoin"] == steps["verify site"] == "ok"
+    assert steps["security updates"] == "ok"  # checked only in the lab (simulation)
+    assert steps["rotate admin passwords"] == "skipped"  # the lab configures no admin accounts
+    md, data = _report(res)
+    for label in FIELDS:
+        assert label in md and data["fields_zh"][label]
+    assert faults.PLANTED_FILE in md  # named as planted by the attacker
+    assert data["severity"] in ("major", "critical") and data["report_upward"] is True
+    assert any(a["name"].startswith("logs-web1") for a in data["artifacts"])  # logs kept first
+    assert all(len(a["sha256"]) == 64 for a in data["artifacts"])
+    # The member takes traffic again.
+    out = run_cli("--config", CONFIG, "cluster", "status", "--json")
+    members = {m["host"]: m for m in json.loads(out.stdout)["sites"]["portal"]}
+    assert members["web1"]["balancer_state"] == "UP" and members["web1"]["quarantined"] is False
+
+
+def test_a_failed_step_stops_and_resume_finishes_from_there(clean_members, tmp_path):
+    faults.tamper("web1")
+    faults.stop_service("web1", "sshd")  # a member unreachable: isolating it must fail
+    try:
+        r = incident("tamper", "--site", "portal", "--host", "web1", "--json")
+        assert r.returncode == 1, r.stderr
+        failed = json.loads(r.stdout)
+        assert failed["failed_step"] == "isolate" and failed["outcome"] == "failed"
+        assert "--resume" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        faults.start_service("web1", "sshd")
+    r = incident("tamper", "--resume", failed["run"], "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    res = json.loads(r.stdout)
+    assert res["resumes"] == failed["run"]
+    outcomes = {s["step"]: s["outcome"] for s in res["steps"]}
+    assert outcomes["assess"] == "skipped" and outcomes["isolate"] == "ok"
+    assert site.is_pristine(L.site_dir("web1"))
+    _, data = _report(res)
+    assert data["resumes"] == failed["run"] and data["outcome"] == "ok"
