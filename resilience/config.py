@@ -379,6 +379,16 @@ class RunbooksConfig(Strict):
     repair_wait: Seconds = 600.0
 
 
+class WatchConfig(Strict):
+    """``resilience watch`` (docs/watch.md): seconds between full rounds (comparison of every
+    member with the latest snapshot, pages, availability), the HTTP timeout of the
+    availability checks, and how long a burst of file events settles before it is confirmed."""
+
+    interval: Seconds = 60.0
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    settle: float = Field(default=0.1, ge=0, le=10)
+
+
 class Config(Strict):
     version: Literal[1] = 1
     repository: RepositoryConfig | None = None
@@ -388,6 +398,7 @@ class Config(Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     lines: LinesConfig | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     runbooks: RunbooksConfig = Field(default_factory=RunbooksConfig)

@@ -36,6 +36,8 @@ from ..sources.remote import listing_command, parse_listing
 from ..targets.files import plan_member
 from .repository import opened
 
+#: the categories that make a member differ (``touched`` does not)
+KINDS_FOUND = ("modified", "added", "removed", "attributes")
 #: paths shown per category in the ledger (the JSON output carries them all)
 LEDGER_PATHS = 50
 
