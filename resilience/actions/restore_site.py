@@ -7,6 +7,7 @@ the site checks through the balancer (and directly on each restored member).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..checks import run_checks
@@ -14,7 +15,8 @@ from ..config import Config
 from ..control.ssh import SSH, target_for
 from ..errors import PartialFailure, ResilienceError, UsageError
 from ..evidence import Ledger
-from ..targets.files import apply_member, content_digest, plan_member
+from ..repository.repo import iter_tree
+from ..targets.files import apply_member, content_digest, list_member, plan_member
 from .repository import opened
 
 
@@ -44,18 +46,24 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
     run = ledger.start_run("restore-site", {"site": site_name, "snapshot": snapshot, "hosts": members,
                                             "files": files, "database": database, "target": target},
                            dry_run=dry_run)
-    with run, opened(cfg) as repo, SSH() as ssh:
-        repo.load_index()
+    with run, opened(cfg) as repo, SSH() as ssh, ThreadPoolExecutor(len(members) + 1) as pool:
         chosen = resolve_snapshots(repo, site_name, snapshot, kinds=[k for k, on in (("files", files),
                                                                                    ("database", database)) if on])
         if files:
             snap = chosen["files"]
             result.update(snapshot=snap.id, short_id=snap.short_id, snapshot_time=snap.time)
             plans = {}
+            targets = {host: target_for(cfg, host) for host in members}
+            # The index and the snapshot's trees are read while the members are listed (the
+            # listings wait on the network and the members).
+            listings = {host: pool.submit(list_member, ssh, t, site.files.path) for host, t in targets.items()}
+            repo.load_index()
+            items = list(iter_tree(repo, snap.tree))
             for host in members:
-                t = target_for(cfg, host)
+                t = targets[host]
                 with run.step("plan files", host=host) as step:
-                    plan, items = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude)
+                    plan, items = plan_member(repo, snap, ssh, t, site.files.path, site.files.exclude,
+                                              items=items, current=listings[host].result())
                     plans[host] = (t, plan, items)
                     shown = plan.as_dict()
                     step.details.update({k: v for k, v in shown.items() if k not in ("send", "remove")})
@@ -95,6 +103,8 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
                     raise ResilienceError("; ".join(f"{h}: {result['members'][h]['error']}" for h in failed),
                                           details=result)
                 result["failed_members"] = failed
+        if not repo.index_loaded:
+            repo.load_index()
         if database:
             result["database"] = _restore_database(cfg, repo, site, chosen["database"], target, dry_run, run,
                                                    confirm)

@@ -78,7 +78,9 @@ class MemberPlan:
         return d
 
 
-def _list_member(ssh: SSH, t: Target, path: str) -> dict[bytes, dict[str, Any]]:
+def list_member(ssh: SSH, t: Target, path: str) -> dict[bytes, dict[str, Any]]:
+    """The member's current tree at ``path`` as {relative path: listing fields} ({} when the
+    folder does not exist)."""
     proc = ssh.run(t, listing_command(path), check=False, timeout=900)
     if proc.returncode == 3:
         return {}
@@ -119,14 +121,14 @@ def _same_meta(cur: dict[str, Any], node: dict[str, Any]) -> bool:
 
 def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str,
                 exclude: list[str] | None = None, trusted: dict[bytes, tuple] | None = None,
-                items: list | None = None, listing: bytes | None = None, sent: set[bytes] | None = None
-                ) -> tuple[MemberPlan, list]:
+                items: list | None = None, listing: bytes | None = None, sent: set[bytes] | None = None,
+                current: dict[bytes, dict[str, Any]] | None = None) -> tuple[MemberPlan, list]:
     """Compare the member's tree with the snapshot. Returns (plan, the snapshot's entries).
     Paths matching ``exclude`` (not backed up, e.g. caches) are left alone. ``trusted`` maps
     files proven equal earlier in the same operation to their (inode, size, mtime ns): the
     staging copy's hard links move ctimes, and these need no second sha256. ``items`` (the
     snapshot's entries from an earlier call) and ``listing`` (the member's listing, taken
-    already) save reading them again.
+    already) or ``current`` (the same, parsed: :func:`list_member`) save reading them again.
 
     ``sent`` names the files a restore has just written (verification after the restore):
     when they add up to more than SAMPLE_BYTES, only a random sample of them (that much) is
@@ -142,7 +144,8 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
     from ..runbooks.quarantine import filter_items
 
     items = filter_items(items)
-    current = _list_member(ssh, t, path) if listing is None else _parsed(t, listing)
+    if current is None:
+        current = list_member(ssh, t, path) if listing is None else _parsed(t, listing)
     known = memberstate.load(repo, t.name, path)
     proofs: dict[bytes, memberstate.Proof] = {}
     plan = MemberPlan(t.name)

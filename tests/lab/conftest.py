@@ -52,3 +52,20 @@ def pytest_collection_modifyitems(session, config, items):
     last = [i for i in items if i.path.name == "test_zz_down.py"]
     if last:
         items[:] = [i for i in items if i.path.name != "test_zz_down.py"] + last
+
+
+@pytest.fixture(scope="module")
+def member_lock(lab):
+    """Hold the lab's member lock for a module whose tests take a member out, tamper with a
+    site or change its content: such tests (from any module, or any concurrent session) must
+    not overlap."""
+    import fcntl
+
+    from resilience.lab import layout as L
+
+    with open(L.lab_dir() / "member-tests.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

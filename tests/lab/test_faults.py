@@ -16,7 +16,7 @@ from resilience.lab.services import haproxy_command, http_get
 
 from .labtools import run_cli
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("member_lock")]
 
 
 def _public_status(timeout: int = 2) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("member_lock")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "inventories/lab/resilience.yml"

@@ -63,7 +63,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture
-def backed_up(lab, tmp_path):
+def backed_up(lab, member_lock, tmp_path):
     for web in T.WEB_HOSTS:
         faults.untamper(web)
     cfg = write_cfg(tmp_path)

@@ -47,7 +47,7 @@ def drop_kept_databases(dsn: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def backed_up(lab):
+def backed_up(lab, member_lock):
     for web in T.WEB_HOSTS:
         faults.untamper(web)
     r = run("snapshots")
