@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "block": "resilience.cli.block_cmd:block",
     "incident": "resilience.cli.incident_cmd:incident",
     "creds": "resilience.cli.creds_cmd:creds",
+    "publish": "resilience.cli.publish_cmd:publish",
     "integrity": "resilience.cli.watch_cmd:integrity",
     "watch": "resilience.cli.watch_cmd:watch",
 }
