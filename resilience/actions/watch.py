@@ -477,8 +477,14 @@ class Watcher:
                 step.details["via"] = "runbook tamper" if runner else "isolate, restore, rejoin"
                 self._emit("responding", f"{host}: {step.details['via']}", host)
                 if runner:
-                    r = runner(self.cfg, self.ledger, "tamper", {"host": host, "site": self.site_name}, dry_run=False)
-                    step.details["runbook"] = r.get("run") if isinstance(r, dict) else str(r)[:100]
+                    r = runner(self.cfg, self.ledger, "tamper",
+                               {"host": host, "site": self.site_name, "source": f"watch (run {run.id})"},
+                               dry_run=False)
+                    step.details.update(runbook_run=r.get("run"), runbook_outcome=r.get("outcome"),
+                                        report=(r.get("report") or {}).get("paths"))
+                    if r.get("outcome") != "ok":
+                        raise ResilienceError(f"tamper runbook {r.get('run')} failed at step "
+                                              f"{r.get('failed_step')!r}: {r.get('error') or 'see its report'}")
                 else:
                     self._respond_directly(host, reason, step.details)
                 step.details["seconds"] = round(time.monotonic() - t0, 3)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
 
-from .context import app, common, dumps, emit
+from ..evidence.redact import redact
+from .context import app, common, emit
 
 KINDS = ("modified", "added", "removed", "attributes")
 
@@ -80,10 +84,10 @@ def watch(site: str, auto_respond: bool, interval: float | None, once: bool) -> 
     cfg = a.config()
 
     def report(event: dict) -> None:
-        if a.json:
-            click.echo(dumps(event).replace("\n", " ") if not once else "", nl=not once)
-        else:
-            click.echo(watch_api.describe(event))
+        # One JSON object per line (a stream), flushed at once: a supervisor or a test reads
+        # each event as it happens.
+        click.echo(json.dumps(redact(event), ensure_ascii=False) if a.json else watch_api.describe(event))
+        sys.stdout.flush()
 
     if once:
         res = watch_api.watch_once(cfg, a.ledger(), site, auto_respond=auto_respond)
