@@ -161,6 +161,27 @@ SWITCH_TASK = "Point the default route at"
 SWITCH_DONE = re.compile(r"^(changed|ok|skipping): \[")
 
 
+ARM_PREFIX = "rsl-arm-"
+
+
+def _remove_stale_arms() -> None:
+    """Remove armed-pipe folders left by watcher processes that no longer exist."""
+    import os
+    import shutil
+
+    base = Path(tempfile.gettempdir())
+    for path in base.glob(f"{ARM_PREFIX}*"):
+        pid = path.name[len(ARM_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 class NotArmed(ResilienceError):
     """The armed playbook was gone: nothing was changed, run a cold one."""
 
@@ -188,7 +209,10 @@ class ArmedSwitch:
         """Start the playbook; it waits for :meth:`fire`. Returns at once."""
         import os
 
-        self.dir = tempfile.mkdtemp(prefix="rsl-arm-")  # mode 0700: only we write the pipe
+        _remove_stale_arms()
+        # mode 0700: only we write the pipe; our pid in the name lets a later watcher remove
+        # the folder if this process dies without cleaning up (SIGKILL, power loss).
+        self.dir = tempfile.mkdtemp(prefix=f"{ARM_PREFIX}{os.getpid()}-")
         self.fifo = os.path.join(self.dir, "line")
         os.mkfifo(self.fifo, 0o600)
         extravars = {"line_fifo": self.fifo, "gateway": self.host}
