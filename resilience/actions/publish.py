@@ -274,6 +274,9 @@ def _snapshot(repo, run, site_name: str, site, src: Path, reviewers: list[str], 
         snap, stats = Backup(repo, source, site=site_name, parent=parent, tags=["publish"], meta=meta).run()
         if stats.errors:
             raise ResilienceError(f"{src}: could not read the new content: {stats.errors[0]}")
+        if not repo.index_loaded:
+            # An unchanged tree never loads the index; reading the trees back needs it.
+            repo.load_index()
         items = list(iter_tree(repo, snap.tree))
         step.details.update(snapshot=snap.id, parent=parent.id if parent else None, files_new=stats.files_new,
                             files_changed=stats.files_changed, bytes_added=stats.bytes_added,
