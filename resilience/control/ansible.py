@@ -158,8 +158,14 @@ def run_playbook(config: Config, playbook: str, *, limit: list[str] | None = Non
     )
     venv_bin = Path(sys.executable).parent
     if (venv_bin / "ansible-playbook").exists():
-        # The venv's ansible-playbook first, whatever PATH cron gives us.
-        envvars["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
+        # The venv's ansible-playbook first, whatever PATH cron gives us. In this process
+        # too: ansible-runner that finds no ansible-playbook on its own PATH (cron, or
+        # .venv/bin/resilience from a plain shell) drops the playbook argument and fails with
+        # rc 2 ("the following arguments are required: playbook").
+        parts = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
+        if str(venv_bin) not in parts:
+            os.environ["PATH"] = os.pathsep.join([str(venv_bin), *parts])
+        envvars["PATH"] = os.environ["PATH"]
     if limit:
         kwargs["limit"] = ",".join(limit)
     if check:

@@ -46,7 +46,6 @@ def switch_gateway(cfg: Config, playbook: str, host: str, line: str, *, check: b
     if how == "runner":
         from .ansible import run_playbook
 
-        _venv_on_path()
         res = run_playbook(cfg, playbook, limit=[host], extravars=extravars, check=check,
                            run=run, quiet=True)
         hosts, changed = res.hosts, res.changed
@@ -55,20 +54,6 @@ def switch_gateway(cfg: Config, playbook: str, host: str, line: str, *, check: b
                                               run=run)
     return {"changed": changed, "hosts": hosts, "how": how,
             "elapsed_s": round(time.monotonic() - t0, 3)}
-
-
-def _venv_on_path() -> None:
-    """Put this Python's bin folder first on PATH. Work-around, measured: ansible-runner given
-    the venv's ansible-playbook as ``binary`` but not finding ``ansible-playbook`` on PATH
-    (cron, ``.venv/bin/resilience`` from a plain shell) drops the playbook argument and fails
-    with rc 2 ("the following arguments are required: playbook")."""
-    import os
-    import sys
-
-    venv_bin = str(Path(sys.executable).parent)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if venv_bin not in parts:
-        os.environ["PATH"] = os.pathsep.join([venv_bin, *[p for p in parts if p]])
 
 
 def _playbook_path(cfg: Config, playbook: str) -> Path:
@@ -217,7 +202,6 @@ class ArmedSwitch:
         os.mkfifo(self.fifo, 0o600)
         extravars = {"line_fifo": self.fifo, "gateway": self.host}
         if self.how == "runner":
-            _venv_on_path()
 
             def target() -> None:
                 from .ansible import run_playbook

@@ -26,13 +26,13 @@ BIN = Path(sys.executable).parent
 VIP, WEB1 = "198.18.0.80", "198.18.0.11"
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "resilience"), "--config", str(CONFIG), *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, env=env)
 
 
-def cli_json(*args: str) -> dict:
-    proc = cli(*args, "--json")
+def cli_json(*args: str, env: dict | None = None) -> dict:
+    proc = cli(*args, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -212,7 +212,9 @@ def test_isolate_under_load_then_rejoin(clean_members):
 
 def test_dry_run_changes_nothing(clean_members):
     before = (admin_states(), run_in("web1", "nft list ruleset"))
-    res = cli_json("isolate", "web1", "--reason", "lab test: dry run", "--dry-run")
+    # As from cron: the venv's bin folder is not on PATH (ansible-runner used to fail then).
+    cron_env = dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+    res = cli_json("isolate", "web1", "--reason", "lab test: dry run", "--dry-run", env=cron_env)
     assert res["dry_run"] and res["would_change"] == {"balancer": ["portal"], "quarantine": True}
     assert {x["path"] for x in res["logs"]} >= {"/var/log/auth.log"}
     assert (admin_states(), run_in("web1", "nft list ruleset")) == before
