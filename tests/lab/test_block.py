@@ -19,7 +19,7 @@ from resilience.lab import topology as T
 
 from .labtools import REPO, run_cli, ssh
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("member_lock")]
 
 CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
 INVENTORY = str(REPO / "inventories" / "lab" / "hosts.yml")

@@ -30,7 +30,7 @@ from resilience.lab import topology as T
 
 from .labtools import REPO, resilience_argv, run_cli
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("member_lock")]
 
 LAB_CONFIG = REPO / "inventories" / "lab" / "resilience.yml"
 GOAL_S = 3.0
