@@ -17,6 +17,7 @@ import pytest
 from resilience.lab import faults, site
 from resilience.lab import layout as L
 from resilience.lab import topology as T
+from resilience.lab.hosts import run_in
 
 from .labtools import REPO, run_cli
 
@@ -27,12 +28,15 @@ FIELDS = ("信息来源", "影响范围", "事件性质", "事件发展趋势", 
 
 
 @pytest.fixture
-def member_lock(lab):
-    """The lab-wide lock of tests that take members out or change the site (shared path)."""
+def member_lock(request):
+    """The lab-wide lock of tests that take members out or change the site (the shared path,
+    as tests/lab/conftest.py's). Taken before the lab fixture: its health check fails while
+    another test has a member isolated."""
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            request.getfixturevalue("lab")
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -108,3 +112,32 @@ def test_a_failed_step_stops_and_resume_finishes_from_there(clean_members, tmp_p
     assert site.is_pristine(L.site_dir("web1"))
     _, data = _report(res)
     assert data["resumes"] == failed["run"] and data["outcome"] == "ok"
+
+
+def test_illegal_content_is_removed_everywhere_and_no_restore_brings_it_back(clean_members, tmp_path):
+    env = {"RESILIENCE_STATE_DIR": str(tmp_path / "state")}  # the quarantine list of this test only
+    body = b"<html>forbidden leaflet 7f3a</html>\n"
+    run_in("web1", ["sh", "-c", "cat > /var/www/portal/uploads/leaflet.html"], input=body)
+    run_in("web2", ["sh", "-c", "cat > /var/www/portal/uploads/copy-of-leaflet.html"], input=body)  # same bytes
+    try:
+        # The latest snapshot holds the content: without the quarantine a restore brings it back.
+        assert run_cli("--config", CONFIG, "backup", "--site", "portal", env=dict(os.environ, **env)).returncode == 0
+        r = incident("illegal-content", "--site", "portal", "--path", "uploads/leaflet.html", "--json", env=env)
+        assert r.returncode == 0, r.stderr + r.stdout
+        res = json.loads(r.stdout)
+        for web in T.WEB_HOSTS:
+            assert not list((L.site_dir(web) / "uploads").glob("*leaflet*")), web
+        _, data = _report(res)
+        assert data["severity"] == "critical" and data["report_upward"] is True
+        assert all(data["fields_zh"][k] for k in FIELDS)
+        r = run_cli("--config", CONFIG, "restore", "--site", "portal", "--files-only", "--yes", "--json",
+                    env=dict(os.environ, **env), timeout=600)
+        assert r.returncode == 0, r.stderr
+        for web in T.WEB_HOSTS:
+            assert not list((L.site_dir(web) / "uploads").glob("*leaflet*")), web
+    finally:
+        for web in T.WEB_HOSTS:
+            run_in(web, ["sh", "-c", "rm -f /var/www/portal/uploads/*leaflet*"])
+        _restore_members()
+        # The latest snapshot matches the pristine site again.
+        assert run_cli("--config", CONFIG, "backup", "--site", "portal", timeout=600).returncode == 0
