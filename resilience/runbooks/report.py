@@ -131,8 +131,8 @@ def build(ctx, book, outcome: str, failed_step: str | None, error: str | None,
 def _source(ctx) -> str:
     src = ctx.params.get("source") or "operator"
     who = ctx.params.get("reported_by") or _user()
-    if src == "watch":
-        return "automatic detection by `resilience watch` (tamper watch), which started this runbook"
+    if str(src).startswith("watch"):
+        return f"automatic detection by `resilience watch` (tamper watch: {src}), which started this runbook"
     return f"reported by {src} ({who}), runbook started by hand with `resilience incident {ctx.kind}`"
 
 
