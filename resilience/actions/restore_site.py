@@ -23,10 +23,12 @@ from .repository import opened
 def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str = "latest",
                  hosts: list[str] | None = None, files: bool = True, database: bool = True,
                  target: str = "scratch", dry_run: bool = False,
-                 confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+                 confirm: Callable[[str], bool] | None = None, check_members: bool = True) -> dict[str, Any]:
     """Restore ``site_name`` from ``snapshot``: files onto ``hosts`` (default: every member),
     the database into scratch or live. ``confirm(question)`` is asked before anything live
-    changes (not in dry runs); it returning False aborts with nothing changed."""
+    changes (not in dry runs); it returning False aborts with nothing changed.
+    ``check_members=False`` skips the direct HTTP checks of the restored members (for a
+    quarantined member, which only the ops host's SSH reaches; its rejoin checks it)."""
     site = cfg.site(site_name)
     if files and site.files is None:
         files = False
@@ -109,7 +111,7 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
             result["database"] = _restore_database(cfg, repo, site, chosen["database"], target, dry_run, run,
                                                    confirm)
         if not dry_run:
-            result["checks"] = _check_site(cfg, site, members if files else [], run)
+            result["checks"] = _check_site(cfg, site, members if files and check_members else [], run)
     failed_checks = [r for rs in result["checks"].values() for r in rs if not r["ok"]]
     if result.get("failed_members") or failed_checks:
         raise PartialFailure(
