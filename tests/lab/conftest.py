@@ -26,6 +26,8 @@ def lab():
     """The lab's status dict once every host is healthy (the lab is brought up if needed)."""
     if os.geteuid() != 0:
         _unavailable("needs root")
+    import fcntl
+
     from resilience import lab as lab_api
     from resilience.errors import ResilienceError
     from resilience.lab import faults, site
@@ -33,15 +35,20 @@ def lab():
     from resilience.lab import topology as T
 
     try:
-        lab_api.up()
-        # A known starting point, whatever an earlier (interrupted) run left behind.
-        for line in T.LINES:
-            faults.line_up(line)
-        lab_api.set_active_line(T.DEFAULT_LINE)
-        for web in T.WEB_HOSTS:
-            if not site.is_pristine(L.site_dir(web)):
-                faults.untamper(web)
-        return lab_api.status()
+        L.lab_dir().mkdir(parents=True, exist_ok=True)
+        # Under the member lock: a concurrent session's test may have a member out or a line
+        # down on purpose right now; the reset waits until it is done.
+        with open(L.lab_dir() / "member-tests.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            lab_api.up()
+            # A known starting point, whatever an earlier (interrupted) run left behind.
+            for line in T.LINES:
+                faults.line_up(line)
+            lab_api.set_active_line(T.DEFAULT_LINE)
+            for web in T.WEB_HOSTS:
+                if not site.is_pristine(L.site_dir(web)):
+                    faults.untamper(web)
+            return lab_api.status()
     except ResilienceError as exc:
         _unavailable(str(exc))
 
