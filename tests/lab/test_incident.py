@@ -28,15 +28,14 @@ FIELDS = ("信息来源", "影响范围", "事件性质", "事件发展趋势", 
 
 
 @pytest.fixture
-def member_lock(request):
+def member_lock(lab):
     """The lab-wide lock of tests that take members out or change the site (the shared path,
-    as tests/lab/conftest.py's). Taken before the lab fixture: its health check fails while
-    another test has a member isolated."""
+    as tests/lab/conftest.py's). The lab fixture comes first: it takes the same lock for its
+    reset, and flock locks of one process through two descriptors would deadlock."""
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            request.getfixturevalue("lab")
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
