@@ -389,6 +389,49 @@ class WatchConfig(Strict):
     settle: float = Field(default=0.1, ge=0, le=10)
 
 
+def _cron(value: Any) -> str:
+    from .schedule import validate_cron  # croniter is imported only when a schedule is set
+
+    return validate_cron(value)
+
+
+CronExpr = Annotated[str, BeforeValidator(_cron)]
+
+
+def _percent(value: Any) -> str:
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
+    if not m or not 0 < float(m.group(1)) <= 100:
+        raise ValueError("must be a percentage such as 10%")
+    return text
+
+
+class ScheduleConfig(Strict):
+    """``resilience schedule`` (docs/schedule.md): cron expressions of the ops host's jobs
+    (null: no such job), drill plans (path, relative to this file) -> cron expression, where
+    logs and flock files go, the user the jobs run as, and the managed cron file."""
+
+    backup: CronExpr | None = "15 1 * * *"
+    verify: CronExpr | None = "30 3 * * 0"
+    verify_subset: Annotated[str, BeforeValidator(_percent)] = "10%"
+    prune: CronExpr | None = "45 4 * * 0"
+    drills: dict[ConfigPath, CronExpr] = Field(default_factory=dict)
+    log_dir: ConfigPath = Path("/var/log/resilience")
+    lock_dir: ConfigPath = Path("/run/lock")
+    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")] = "root"
+    cron_file: ConfigPath = Path("/etc/cron.d/resilience")
+
+
+class StatusConfig(Strict):
+    """``resilience status`` (docs/schedule.md): the ages beyond which a site needs attention
+    (null: not checked) and how long the remote reads (balancer, members, line) may take."""
+
+    max_backup_age: Seconds | None = 26 * 3600.0
+    max_verify_age: Seconds | None = 8 * 86400.0
+    max_drill_age: Seconds | None = 100 * 86400.0
+    timeout: float = Field(default=8.0, gt=0, le=120)
+
+
 class Config(Strict):
     version: Literal[1] = 1
     repository: RepositoryConfig | None = None
@@ -404,6 +447,8 @@ class Config(Strict):
     runbooks: RunbooksConfig = Field(default_factory=RunbooksConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
 
     # Set by load_config, not by the file.
     source: Path | None = Field(default=None, exclude=True)
