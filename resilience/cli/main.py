@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "publish": "resilience.cli.publish_cmd:publish",
     "integrity": "resilience.cli.watch_cmd:integrity",
     "watch": "resilience.cli.watch_cmd:watch",
+    "report": "resilience.cli.report_cmd:report",
     "drill": "resilience.cli.drill_cmd:drill",
     "schedule": "resilience.cli.schedule_cmd:schedule",
 }
