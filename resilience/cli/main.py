@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "report": "resilience.cli.report_cmd:report",
     "drill": "resilience.cli.drill_cmd:drill",
     "schedule": "resilience.cli.schedule_cmd:schedule",
+    "status": "resilience.cli.status_cmd:status",
 }
 
 
