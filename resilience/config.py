@@ -318,16 +318,58 @@ def _webhook_url(value: str) -> str:
 
 
 class WebhookConfig(Strict):
+    """A webhook (docs/monitoring.md): ``json`` (the event as is), ``wecom`` (企业微信 group
+    robot) or ``dingtalk`` (钉钉 robot; ``secret_file`` holds its signing secret, if set)."""
+
     url: Annotated[str, AfterValidator(_webhook_url)]
-    format: Literal["json"] = "json"
+    format: Literal["json", "wecom", "dingtalk"] = "json"
     timeout: float = Field(default=5.0, gt=0, le=120)
+    secret_file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _secret_for_dingtalk(self) -> WebhookConfig:
+        if self.secret_file is not None and self.format != "dingtalk":
+            raise ValueError("secret_file is only used with format: dingtalk")
+        return self
+
+
+class EmailConfig(Strict):
+    """E-mail by SMTP (docs/monitoring.md): STARTTLS on by default; ``user`` logs in with the
+    password read from ``password_file`` (never from the config itself)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    sender: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$")
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
+    user: str | None = None
+    password_file: ConfigPath | None = None
+    timeout: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _login_pair(self) -> EmailConfig:
+        if (self.user is None) != (self.password_file is None):
+            raise ValueError("user and password_file go together")
+        return self
 
 
 class NotifyConfig(Strict):
-    """Where alarms go: JSON webhooks (POST) and commands (the JSON event on stdin)."""
+    """Where alarms go: webhooks (POST), commands (the JSON event on stdin) and e-mail.
+    ``events`` selects which run results :func:`resilience.notify.on_result` sends."""
 
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     commands: list[Argv] = Field(default_factory=list)
+    email: list[EmailConfig] = Field(default_factory=list)
+    events: list[Literal["failure", "incident", "drill"]] = Field(
+        default_factory=lambda: ["failure", "incident", "drill"])
+
+
+class MetricsConfig(Strict):
+    """Prometheus textfile metrics (docs/monitoring.md): the node_exporter textfile folder."""
+
+    dir: ConfigPath | None = None
 
 
 class PublishConfig(Strict):
@@ -441,6 +483,7 @@ class Config(Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     lines: LinesConfig | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "integrity": "resilience.cli.watch_cmd:integrity",
     "watch": "resilience.cli.watch_cmd:watch",
     "report": "resilience.cli.report_cmd:report",
+    "metrics": "resilience.cli.metrics_cmd:metrics",
     "drill": "resilience.cli.drill_cmd:drill",
     "schedule": "resilience.cli.schedule_cmd:schedule",
     "status": "resilience.cli.status_cmd:status",

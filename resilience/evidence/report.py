@@ -190,9 +190,11 @@ def kind_of(action: str) -> str:
 def drill_plan(summary: dict[str, Any]) -> str:
     """The drill plan's name from a drill run's details or params (else the action)."""
     for src in (summary["details"], summary["params"]):
-        for key in ("plan", "name"):
-            if isinstance(src.get(key), str) and src[key]:
-                return Path(src[key]).stem if src[key].endswith((".yml", ".yaml")) else src[key]
+        value = src.get("plan")
+        if isinstance(value, dict):  # the drill runner records a summary of the plan
+            value = value.get("path") or value.get("title")
+        if isinstance(value, str) and value:
+            return Path(value).stem if value.endswith((".yml", ".yaml")) else value
     return summary["action"]
 
 
@@ -288,7 +290,7 @@ def parse_period(text: str) -> tuple[datetime, datetime, str]:
     return start, end, t
 
 
-def _sites_of_backup(run: dict[str, Any], summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def backup_sites(run: dict[str, Any], summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per site of one backup run: outcome (failed when one of its steps failed or, with no
     step, when the run failed) and the sizes its steps recorded."""
     per: dict[str, dict[str, Any]] = {}
@@ -341,7 +343,7 @@ def period_report(ledger: Ledger, period: str) -> dict[str, Any]:
         included.append(summary["run"])
         kind = kind_of(summary["action"])
         if kind == "backup":
-            for site, d in _sites_of_backup(run, summary).items():
+            for site, d in backup_sites(run, summary).items():
                 s = sites.setdefault(site, {"site": site, "count": 0, "ok": 0, "failures": 0, "last": None,
                                             "last_ok": None, "last_run": None, "bytes_added": 0,
                                             "bytes_stored": 0, "bytes_total": None})
@@ -380,7 +382,7 @@ def period_report(ledger: Ledger, period: str) -> dict[str, Any]:
         "totals": {
             "runs": len(included),
             "backup_failures": sum(s["failures"] for s in sites.values()),
-            "drills_failed": sum(1 for d in drills if d["outcome"] != "ok"
+            "drills_failed": sum(1 for d in drills if d["outcome"] != "ok" or d["details"].get("passed") is False
                                  or any(o["met"] is False for o in d["objectives"])),
             "incidents_upward": sum(1 for i in sections["incident"] if i.get("report_upward")),
         },
