@@ -111,8 +111,8 @@ class StepSpec(Strict):
         try:
             self.args = model.model_validate(self.with_ or {})
         except ValidationError as exc:
-            e = exc.errors()[0]
-            raise ValueError(f"with.{_loc(e['loc'])}: {_reason(e)} (action {self.action})") from None
+            why = "; ".join(f"with.{_loc(e['loc'])}: {_reason(e)}" for e in exc.errors())
+            raise ValueError(f"{why} (action {self.action})") from None
         return self
 
     def label(self, index: int) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 MASK = "***"
 _SECRET_KEY = re.compile(
-    r"(pass(word|wd|phrase)?|secret|token|private|credential|api[_-]?key|auth(?!or)|cookie|session_key)",
+    # "pass" but not "passed"/"passes"/"passing" (a drill's verdict is no secret).
+    r"(pass(word|wd|phrase)?(?!ed|es|ing)|secret|token|private|credential|api[_-]?key|auth(?!or)|cookie|session_key)",
     re.I,
 )
 # user:password@ in URLs and libpq DSNs; password=... in key/value DSNs.
