@@ -198,6 +198,13 @@ def drill_plan(summary: dict[str, Any]) -> str:
     return summary["action"]
 
 
+def drill_title(summary: dict[str, Any]) -> str | None:
+    """The drill plan's title when the run recorded one (``details.plan.title`` or ``params.title``)."""
+    plan = summary["details"].get("plan")
+    title = plan.get("title") if isinstance(plan, dict) else summary["params"].get("title")
+    return title if isinstance(title, str) and title else None
+
+
 def incident_facts(ledger: Ledger, run: dict[str, Any]) -> dict[str, Any]:
     """Severity, report-upward flag and the incident fields of an incident run, from its
     ``incident report`` step and the JSON report kept as its artifact (used only when the file
@@ -266,6 +273,7 @@ def run_report(ledger: Ledger, run_id: str) -> dict[str, Any]:
         model["incident"] = incident_facts(ledger, run)
     if model["kind"] == "drill":
         model["plan"] = drill_plan(summary)
+        model["plan_title"] = drill_title(summary)
     return model
 
 
@@ -364,6 +372,7 @@ def period_report(ledger: Ledger, period: str) -> dict[str, Any]:
             row = dict(summary)
             if kind == "drill":
                 row["plan"] = drill_plan(summary)
+                row["plan_title"] = drill_title(summary)
             elif kind == "incident":
                 row.update(incident_kind=summary["action"].removeprefix("incident-"), **incident_facts(ledger, run))
             elif kind == "restore":
@@ -425,6 +434,11 @@ def _fmt_bytes(value: Any) -> str:
     return f"{v}"
 
 
+def _fmt_value(value: Any) -> str:
+    """A recorded parameter as text: strings as they are, anything else as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
 def render(model: dict[str, Any], fmt: str = "html", lang: str = "en") -> str:
     """The text of a report model (from :func:`run_report` or :func:`period_report`) as ``html``
     (XHTML-style, autoescaped, inline SVG chart, no scripts or external assets) or ``md``."""
@@ -441,7 +455,7 @@ def render(model: dict[str, Any], fmt: str = "html", lang: str = "en") -> str:
         # Escape every value in HTML; Markdown has no escaping but cells go through |cell.
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(cell=_md_cell, dur=_fmt_duration, size=_fmt_bytes,
+    env.filters.update(cell=_md_cell, dur=_fmt_duration, size=_fmt_bytes, value=_fmt_value,
                        t=lambda v: translate(lang, v))
     name = f"report_{model['type']}.{fmt}.j2"
     return env.get_template(name).render(m=model, L=LABELS[lang], lang=lang)
