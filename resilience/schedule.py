@@ -137,7 +137,8 @@ def jobs(cfg: Config, path: Path) -> list[Job]:
     add("verify", "verify", sc.verify, ["verify", "--read-data-subset", sc.verify_subset])
     add("prune", "prune", sc.prune, ["forget", "--prune"])
     for plan, when in sorted(sc.drills.items()):
-        add("drill", f"drill {Path(plan).stem}", when, ["drill", "run", str(plan)])
+        # normpath: "inventories/lab/../../drills/x.yml" reads badly in a cron file
+        add("drill", f"drill {Path(plan).stem}", when, ["drill", "run", os.path.normpath(plan)])
     return out
 
 
@@ -246,7 +247,7 @@ def _warnings(cfg: Config) -> list[str]:
     out = []
     for plan in sorted(cfg.schedule.drills):
         if not Path(plan).is_file():
-            out.append(f"drill plan {plan} does not exist (yet): its cron job will fail until it does")
+            out.append(f"drill plan {os.path.normpath(plan)} does not exist (yet): its cron job will fail until it does")
     return out
 
 
