@@ -142,11 +142,17 @@ def _drill_of(site: str, runs: list[dict[str, Any]], now: datetime) -> dict[str,
     if r is None:
         return None
     d, p = r["details"], r["params"]
+    error = r["error"]
+    if error is None and r["outcome"] != "ok":
+        # A drill that ran to its end records why it failed in its details, not as an error.
+        missed = [k for k, v in (d.get("targets_met") or {}).items() if v is False]
+        error = (f"step {d['failed_step']!r} failed" if d.get("failed_step")
+                 else f"target missed: {', '.join(missed)}" if missed else None)
     # Drill runs record rto_s/rpo_s/targets; an older or aborted one may lack them.
     return {**_stamp(r, now), "ok": r["outcome"] == "ok", "outcome": r["outcome"],
             "plan": p.get("plan"), "title": p.get("title"), "rto_s": d.get("rto_s"), "rpo_s": d.get("rpo_s"),
             "targets": d.get("targets") or p.get("targets"), "targets_met": d.get("targets_met"),
-            "error": r["error"]}
+            "error": error}
 
 
 class _Background:
