@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .errors import ResilienceError, UsageError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -283,10 +283,14 @@ def install(cfg: Config, override: str | os.PathLike | None = None, *, dry_run: 
     changed = have != text
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent} does not exist (is cron installed?)")
-    if changed and not dry_run:
-        _atomic_write(path, text)
-    if not dry_run:
-        Path(cfg.schedule.log_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+    try:
+        if changed and not dry_run:
+            _atomic_write(path, text)
+        if not dry_run:
+            Path(cfg.schedule.log_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise ResilienceError(f"cannot write {exc.filename or path}: {exc.strerror} "
+                              "(cron files are root's: run with sudo)") from None
     return {"file": str(path), "changed": changed, "dry_run": dry_run, "content": text,
             "jobs": [j.as_dict() for j in jobs(cfg, path)], "warnings": _warnings(cfg)}
 
@@ -301,5 +305,8 @@ def remove(cfg: Config, override: str | os.PathLike | None = None, *, dry_run: b
     if not _ours(have):
         raise UsageError(f"{path} is not managed by resilience (no header); not removing it")
     if not dry_run:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ResilienceError(f"cannot remove {path}: {exc.strerror}") from None
     return {"file": str(path), "changed": True, "dry_run": dry_run}
