@@ -140,7 +140,34 @@ def main(argv: list[str] | None = None) -> None:
             _report(f"internal error: {type(exc).__name__}: {redact_text(str(exc))} (run with -v for details)",
                     ExitCode.FAILED)
         code = ExitCode.FAILED
+    _notify_result(ctx_obj)
     sys.exit(int(code))
+
+
+def _notify_result(ctx_obj: AppContext) -> None:
+    """Send the result of the command's run (the first it recorded) to the config's
+    notification channels, as ``notify.events`` asks: failures, incidents, drills. Long
+    running commands (watch, line watch) notify by themselves. Never fails the command."""
+    from ..evidence.ledger import STARTED_RUNS
+
+    if not STARTED_RUNS or ctx_obj._config is None:
+        return
+    ledger, run_id, action, dry_run = STARTED_RUNS[0]
+    ncfg = getattr(ctx_obj._config, "notify", None)
+    if dry_run or ncfg is None or not (ncfg.webhooks or ncfg.commands or getattr(ncfg, "email", None)):
+        return
+    try:
+        from .. import notify
+        from ..evidence.report import kind_of
+
+        for r in notify.on_result(ncfg, kind_of(action), notify.result_of(ledger, run_id)):
+            if not r.get("ok", True):
+                click.echo(f"resilience: warning: notification {r.get('channel', '')} failed: "
+                           f"{r.get('error', '')}", err=True)
+    except Exception as exc:  # noqa: BLE001 - a notification must never change the outcome
+        from ..evidence.redact import redact_text
+
+        click.echo(f"resilience: warning: notification failed: {redact_text(str(exc))}", err=True)
 
 
 if __name__ == "__main__":

@@ -356,7 +356,14 @@ class Ledger:
         """Open a run (see :class:`resilience.evidence.run.Run`) and record its start."""
         from .run import Run
 
-        return Run.start(self, action, params or {}, dry_run=dry_run)
+        run = Run.start(self, action, params or {}, dry_run=dry_run)
+        STARTED_RUNS.append((self, run.id, action, dry_run))
+        return run
+
+
+#: (ledger, run id, action, dry run) of every run this process started, in order: the CLI
+#: sends the first one's result to the notification channels when the command ends.
+STARTED_RUNS: list[tuple[Ledger, str, str, bool]] = []
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
