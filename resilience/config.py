@@ -457,6 +457,7 @@ class ScheduleConfig(Strict):
     verify: CronExpr | None = "30 3 * * 0"
     verify_subset: Annotated[str, BeforeValidator(_percent)] = "10%"
     prune: CronExpr | None = "45 4 * * 0"
+    metrics: CronExpr | None = "*/5 * * * *"
     drills: dict[ConfigPath, CronExpr] = Field(default_factory=dict)
     log_dir: ConfigPath = Path("/var/log/resilience")
     lock_dir: ConfigPath = Path("/run/lock")

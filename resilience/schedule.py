@@ -136,6 +136,9 @@ def jobs(cfg: Config, path: Path) -> list[Job]:
     add("backup", "backup", sc.backup, ["backup", "--all"])
     add("verify", "verify", sc.verify, ["verify", "--read-data-subset", sc.verify_subset])
     add("prune", "prune", sc.prune, ["forget", "--prune"])
+    if getattr(cfg, "metrics", None) is not None and cfg.metrics.dir is not None:
+        # The Prometheus textfile is only as fresh as its last write.
+        add("metrics", "metrics", sc.metrics, ["metrics", "write"])
     for plan, when in sorted(sc.drills.items()):
         # normpath: "inventories/lab/../../drills/x.yml" reads badly in a cron file
         add("drill", f"drill {Path(plan).stem}", when, ["drill", "run", os.path.normpath(plan)])

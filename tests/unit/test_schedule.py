@@ -14,7 +14,7 @@ import yaml
 from resilience.schedule import HEADER, cron_problem, parse
 
 
-def _config(tmp_path, **schedule) -> str:
+def _config(tmp_path, metrics_dir: str | None = None, **schedule) -> str:
     sched = {
         "backup": "30 1 * * *",
         "verify": "0 4 * * 0",
@@ -27,10 +27,22 @@ def _config(tmp_path, **schedule) -> str:
     sched.update(schedule)
     (tmp_path / "cron.d").mkdir(exist_ok=True)
     path = tmp_path / "resilience.yml"
-    path.write_text(yaml.safe_dump({"version": 1, "repository": {"url": str(tmp_path / "repo")},
-                                    "evidence": {"dir": str(tmp_path / "evidence")},
-                                    "schedule": sched}))
+    doc = {"version": 1, "repository": {"url": str(tmp_path / "repo")},
+           "evidence": {"dir": str(tmp_path / "evidence")}, "schedule": sched}
+    if metrics_dir:
+        doc["metrics"] = {"dir": metrics_dir}
+    path.write_text(yaml.safe_dump(doc))
     return str(path)
+
+
+def test_metrics_are_refreshed_only_when_a_textfile_folder_is_configured(cli, tmp_path):
+    cron = tmp_path / "cron.d" / "resilience"
+    assert cli("--config", _config(tmp_path), "schedule", "install").code == 0
+    assert not any(" metrics write" in ln for ln in _job_lines(cron.read_text()))
+    cfg = _config(tmp_path, metrics_dir=str(tmp_path / "textfile"), metrics="*/10 * * * *")
+    assert cli("--config", cfg, "schedule", "install").code == 0
+    (line,) = [ln for ln in _job_lines(cron.read_text()) if " metrics write" in ln]
+    assert line.startswith("*/10 * * * * root flock -n -E 75 ") and "metrics.lock" in line
 
 
 def _job_lines(text: str) -> list[str]:
