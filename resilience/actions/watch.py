@@ -76,7 +76,7 @@ for rel in sys.stdin.buffer.read().split(b"\0"):
     except FileNotFoundError:
         r["type"] = None
     else:
-        r.update(mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, size=st.st_size)
+        r.update(mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, size=st.st_size, mtime_ns=st.st_mtime_ns)
         if stat.S_ISREG(st.st_mode):
             r["type"] = "file"
             h = hashlib.sha256()
@@ -161,7 +161,9 @@ def compare_paths(want: dict[bytes, dict[str, Any]], states: list[dict[str, Any]
         elif (ntype != SYMLINK and st.get("mode") != node.get("mode")) or (st.get("uid"), st.get("gid")) != (
                 node.get("uid"), node.get("gid")):
             out["attributes"].append(rel_s)
-        elif ntype == FILE:
+        elif ntype == FILE and st.get("mtime_ns") != node.get("mtime_ns"):
+            # Same bytes, only the mtime moved. (An event with nothing changed at all, e.g.
+            # a hard link made to the file, is not even worth a line.)
             out["touched"].append(rel_s)
     for k in out:
         out[k].sort()

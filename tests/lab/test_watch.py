@@ -238,6 +238,30 @@ def test_live_watch_touch_is_not_tampering(pristine):
         ssh("web1", "rm -f /var/www/portal/uploads/x.php")
 
 
+def test_reviewed_publish_is_not_tampering(pristine, tmp_path):
+    """A publish moves the baseline: the live watch (auto-respond on) takes nothing out."""
+    new = tmp_path / "site"
+    site.write_site(new)
+    (new / "news" / "2024" / "article-999.html").write_text("<html><body><main>notice 2024-117</main></body></html>")
+    w = LiveWatch(CONFIG, "--auto-respond", "--interval", "300")
+    try:
+        w.wait_for("ready", 90)
+        r = cli("publish", "--site", "portal", "--from", str(new), "--reviewer", "a", "--reviewer", "b",
+                "--reviewer", "c", "-m", "watch test")
+        assert r.returncode == 0, r.stderr
+        # The swapped trees restart the streams; each then compares fully, finds the new
+        # article, re-reads the snapshot list and moves to the publish's snapshot.
+        moved = w.wait_for("baseline", 30)
+        assert moved["summary"].startswith("baseline moved to snapshot")
+        time.sleep(2)
+        assert not [e for e in w.events if e["kind"] in ("finding", "alarm")], w.events
+        assert all(s.startswith("UP") for s in balancer_states().values())
+        assert cli("integrity", "check", "--site", "portal").returncode == 0
+    finally:
+        w.stop()
+    # (pristine's teardown puts the pristine site back and snapshots it as the baseline)
+
+
 def test_live_watch_auto_respond_restores_without_a_person(pristine, webhook_config, record_property):
     config, received = webhook_config
     w = LiveWatch(config, "--auto-respond")

@@ -58,10 +58,11 @@ def test_inotify_command_quotes_and_cleans_up():
 
 def test_compare_paths_categories():
     want = {b"index.html": node(sha=SHA_A), b"a.html": node(sha=SHA_A), b"b.html": node(sha=SHA_A),
-            b"c.html": node(sha=SHA_A), b"img": node("dir"), b"link": node("symlink", target="index.html")}
+            b"c.html": node(sha=SHA_A), b"d.html": node(sha=SHA_A), b"img": node("dir"), b"link": node("symlink", target="index.html")}
     states = [
         {"rel": "index.html", "type": "file", "sha256": SHA_B, "mode": 0o644, "uid": 0, "gid": 0},   # rewritten
-        {"rel": "a.html", "type": "file", "sha256": SHA_A, "mode": 0o644, "uid": 0, "gid": 0},       # touched
+        {"rel": "a.html", "type": "file", "sha256": SHA_A, "mode": 0o644, "uid": 0, "gid": 0, "mtime_ns": 9},
+        {"rel": "d.html", "type": "file", "sha256": SHA_A, "mode": 0o644, "uid": 0, "gid": 0, "mtime_ns": 1},
         {"rel": "b.html", "type": None},                                                             # deleted
         {"rel": "c.html", "type": "file", "sha256": SHA_A, "mode": 0o777, "uid": 0, "gid": 0},       # chmod
         {"rel": "uploads/shell.php", "type": "file", "sha256": SHA_B, "mode": 0o644, "uid": 0, "gid": 0},
