@@ -673,8 +673,10 @@ class Watcher:
         settle = self.wcfg.settle
         pending: dict[str, dict[str, Any]] = {}
         first_ready = {h for h, s in streams.items() if s.ready.is_set()}
+        restarts: dict[str, int] = {}
+        restart_at: dict[str, float] = {}
         while True:
-            due = [pending[h]["last"] + settle for h in pending]
+            due = [pending[h]["last"] + settle for h in pending] + list(restart_at.values())
             timeout = max(0.0, min(due) - time.monotonic()) if due else 1.0
             try:
                 kind, host, data = q.get(timeout=timeout)
@@ -696,6 +698,7 @@ class Watcher:
                 p["full"] |= "ISDIR" in events
                 p["last"] = time.monotonic()
             elif kind == "ready":
+                restarts.pop(host, None)
                 if host in first_ready:
                     first_ready.discard(host)
                 elif host not in self.busy:
@@ -703,10 +706,12 @@ class Watcher:
                     pending.setdefault(host, {"rels": set(), "first": time.monotonic()}).update(
                         full=True, last=time.monotonic())
             elif kind == "stream-ended":
-                self._emit("error", f"{host}: event stream ended (exit {data}); restarting", host)
-                time.sleep(1)
-                streams[host] = Stream(ssh, self.targets[host], self.site.files.path, q)
-                streams[host].start()
+                # Restart with a growing delay (1, 2, 4 … 30 s): an unreachable member or a
+                # missing inotifywait must not turn into a busy loop. The rounds alarm it.
+                n = restarts[host] = restarts.get(host, 0) + 1
+                delay = min(30.0, 2.0 ** (n - 1))
+                self._emit("error", f"{host}: event stream ended (exit {data}); restarting in {delay:g} s", host)
+                restart_at[host] = time.monotonic() + delay
             elif kind == "stream-error":
                 self._emit("error", f"{host}: inotifywait: {data}", host)
             with self.lock:
@@ -720,6 +725,10 @@ class Watcher:
                     pending.setdefault(host, {"rels": set(), "first": time.monotonic()}).update(
                         full=True, last=time.monotonic())
             now = time.monotonic()
+            for host in [h for h, at in restart_at.items() if now >= at]:
+                del restart_at[host]
+                streams[host] = Stream(ssh, self.targets[host], self.site.files.path, q)
+                streams[host].start()
             for host in [h for h, p in pending.items() if now >= p["last"] + settle]:
                 p = pending.pop(host)
                 try:
