@@ -79,7 +79,7 @@ def list_cmd(folder: str, recent: int) -> None:
                 click.echo(f"  {p['path']:<36} INVALID: {p['error']}")
         click.echo("recent drill runs:")
         for r in res["runs"]:
-            verdict = "passed" if r["passed"] else ("dry run" if r["dry_run"] and r["passed"] is None else "FAILED")
+            verdict = "dry run" if r["dry_run"] else ("passed" if r["passed"] else "FAILED")
             click.echo(f"  {r['run']:<40} {verdict:<7} RTO {_fmt(r['rto_s'])}  RPO {_fmt(r['rpo_s'])}  {r['title']}")
         if not res["runs"]:
             click.echo("  (none)")

@@ -65,30 +65,6 @@ class _Wait(Strict):
     seconds: float = Field(ge=0, le=3600)
 
 
-class _Verify(Strict):
-    retries: int = Field(default=6, ge=0, le=100)
-
-
-# action name -> (model of its `with:`, lab only?)
-ACTIONS: dict[str, tuple[type[Strict], bool]] = {
-    "fault.tamper": (_Host, True),
-    "fault.untamper": (_Host, True),
-    "fault.line_down": (_Line, True),
-    "fault.line_up": (_Line, True),
-    "fault.stop": (_Service, True),
-    "fault.start": (_Service, True),
-    "isolate": (_Isolate, False),
-    "rejoin": (_Host, False),
-    "member.wipe": (_Host, False),
-    "restore.files": (_RestoreFiles, False),
-    "restore.database": (_RestoreDatabase, False),
-    "line.failover": (_Failover, False),
-    "line.failback": (_Nothing, False),
-    "backup": (_Backup, False),
-    "incident.tamper": (_Host, False),
-    "wait": (_Wait, False),
-    "verify": (_Verify, False),
-}
 
 
 class StepSpec(Strict):
@@ -126,7 +102,9 @@ class Targets(Strict):
 
 class HttpCheck(Strict):
     kind: Literal["http"]
-    via: str = "vip"            # "vip" (the site's URL) or a member's name
+    # "vip" (the site's URL), a member's name, or (lab mode) "internet": the public address
+    # fetched from the lab's internet namespace, through gw1 and the active line.
+    via: str = "vip"
     retries: int = Field(default=2, ge=0, le=100)
 
 
@@ -157,6 +135,35 @@ class IntegrityCheck(Strict):
 Check = Annotated[HttpCheck | SqlCheck | LineCheck | IntegrityCheck, Field(discriminator="kind")]
 
 
+class _Verify(Strict):
+    """``verify``: the given checks (default: the plan's steady-state checks), retried."""
+
+    retries: int = Field(default=6, ge=0, le=100)
+    checks: list[Check] | None = None
+
+
+# action name -> (model of its `with:`, lab only?)
+ACTIONS: dict[str, tuple[type[Strict], bool]] = {
+    "fault.tamper": (_Host, True),
+    "fault.untamper": (_Host, True),
+    "fault.line_down": (_Line, True),
+    "fault.line_up": (_Line, True),
+    "fault.stop": (_Service, True),
+    "fault.start": (_Service, True),
+    "isolate": (_Isolate, False),
+    "rejoin": (_Host, False),
+    "member.wipe": (_Host, False),
+    "restore.files": (_RestoreFiles, False),
+    "restore.database": (_RestoreDatabase, False),
+    "line.failover": (_Failover, False),
+    "line.failback": (_Nothing, False),
+    "backup": (_Backup, False),
+    "incident.tamper": (_Host, False),
+    "wait": (_Wait, False),
+    "verify": (_Verify, False),
+}
+
+
 class Plan(Strict):
     """A validated drill plan; ``path`` is where it was read from."""
 
@@ -182,6 +189,10 @@ class Plan(Strict):
             raise ValueError("at most one method step may be marked recovered: true")
         if marks and rec and rec[0] < marks[0]:
             raise ValueError("the recovered step must come after the fault step")
+        checks = list(self.steady_state) + [c for s in self.method + self.rollbacks
+                                            if s.action == "verify" for c in (s.args.checks or [])]
+        if self.mode == PRODUCTION and any(c.kind == "http" and c.via == "internet" for c in checks):
+            raise ValueError("http checks via internet use the lab's internet namespace: lab mode only")
         if any(s.fault or s.recovered for s in self.rollbacks):
             raise ValueError("rollbacks: fault/recovered marks belong to method steps")
         return self

@@ -146,7 +146,7 @@ def _do(cfg: Config, ledger: Ledger, plan: Plan, spec: StepSpec, dry_run: bool) 
         time.sleep(a.seconds)
         return {"seconds": a.seconds}
     if act == "verify":
-        res = run_checks(cfg, ledger, plan, dry_run=False, retries=a.retries)
+        res = run_checks(cfg, ledger, plan, dry_run=False, retries=a.retries, checks=a.checks)
         if not res["ok"]:
             raise ResilienceError("steady-state checks fail: " + "; ".join(res["failed"]))
         return res
@@ -191,11 +191,12 @@ def _wipe(cfg: Config, plan: Plan, host: str, dry_run: bool) -> dict[str, Any]:
 
 # --- steady-state checks -----------------------------------------------------------------------
 
-def run_checks(cfg: Config, ledger: Ledger, plan: Plan, *, dry_run: bool, retries: int | None = None) -> dict[str, Any]:
-    """Run the plan's steady-state checks (read-only). Returns ``{"ok", "results", "failed"}``;
-    a check that raises counts as failed with its error."""
+def run_checks(cfg: Config, ledger: Ledger, plan: Plan, *, dry_run: bool, retries: int | None = None,
+               checks: list | None = None) -> dict[str, Any]:
+    """Run ``checks`` (default: the plan's steady-state checks; all read-only). Returns
+    ``{"ok", "results", "failed"}``; a check that raises counts as failed with its error."""
     results, failed = [], []
-    for i, chk in enumerate(plan.steady_state):
+    for i, chk in enumerate(plan.steady_state if checks is None else checks):
         try:
             got = _check(cfg, ledger, plan, chk, retries)
         except Exception as exc:  # noqa: BLE001 - an unreachable target is a failed check
@@ -211,6 +212,8 @@ def _check(cfg: Config, ledger: Ledger, plan: Plan, chk, retries: int | None) ->
     if chk.kind == "http":
         from ..runbooks.common import site_checks
 
+        if chk.via == "internet":
+            return _internet_checks(cfg, plan, chk.retries if retries is None else retries)
         host = None if chk.via == "vip" else chk.via
         res = site_checks(cfg, plan.site, host=host, retries=chk.retries if retries is None else retries)
         bad = [f"{r['url']}: {r['error']}" for r in res["results"] if not r["ok"]]
@@ -236,6 +239,40 @@ def _check(cfg: Config, ledger: Ledger, plan: Plan, chk, retries: int | None) ->
         return {"ok": res["clean"], "run": res["run"], "snapshot": res.get("snapshot"),
                 "error": f"differs from snapshot {res.get('short_id')}: {', '.join(bad)}" if bad else None}
     raise UsageError(f"unknown check kind {chk.kind!r}")
+
+
+def _internet_checks(cfg: Config, plan: Plan, retries: int) -> dict[str, Any]:
+    """The site's checks fetched from the lab's internet namespace at the public address (the
+    way a citizen reaches the site: internet → active line → gw1 DNAT → VIP)."""
+    import hashlib
+
+    from ..lab import topology as T
+    from ..lab.hosts import run_in
+
+    results = []
+    for c in cfg.site(plan.site).checks:
+        url = f"http://{T.PUBLIC_ADDR}{c.path}"
+        problem = "not fetched"
+        for attempt in range(retries + 1):
+            proc = run_in("internet", ["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url], check=False,
+                          input=b"", timeout=30)
+            body, _, code = proc.stdout.rpartition(b"\n")
+            status = int(code or 0) if code.strip().isdigit() else 0
+            problems = [] if proc.returncode == 0 else [f"curl exit {proc.returncode}"]
+            if status != c.status:
+                problems.append(f"status {status}, expected {c.status}")
+            if c.contains is not None and c.contains.encode() not in body:
+                problems.append(f"body lacks {c.contains!r}")
+            if c.sha256 is not None and hashlib.sha256(body).hexdigest() != c.sha256:
+                problems.append("body digest differs from the expected one")
+            problem = "; ".join(problems)
+            if not problems:
+                break
+            if attempt < retries:
+                time.sleep(0.5)
+        results.append({"url": url, "ok": not problem, "error": problem or None})
+    bad = [f"{r['url']}: {r['error']}" for r in results if not r["ok"]]
+    return {"ok": not bad, "via": "internet", "checked": len(results), "error": "; ".join(bad) or None}
 
 
 def _sql(cfg: Config, plan: Plan, chk) -> dict[str, Any]:
