@@ -269,3 +269,14 @@ def test_bad_plan_and_unknown_member_exit_2_with_nothing_recorded(cli, env):
     assert not [x for x in env["ledger"].records() if x.get("action") == "drill"] if \
         (env["tmp"] / "evidence").exists() else True
     assert cli("--config", env["cfg"], "drill", "show", "nosuchrun").code == 2
+
+
+def test_internet_checks_are_lab_only(tmp_path):
+    text = BASE.format(mode="production", rto=10) + """\
+method:
+  - {action: verify, with: {checks: [{kind: http, via: internet}, {kind: line, active: standby}]}}
+"""
+    (msg,) = _problems(_plan(tmp_path, text))
+    assert "via internet use the lab's internet namespace: lab mode only" in msg
+    plan = load_plan(_plan(tmp_path, text.replace("production", "lab"), "lab.yml"))
+    assert [c.kind for c in plan.method[0].args.checks] == ["http", "line"]
