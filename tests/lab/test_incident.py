@@ -67,30 +67,6 @@ def _report(res: dict) -> tuple[str, dict]:
     return Path(paths["markdown"]).read_text(), json.loads(Path(paths["json"]).read_text())
 
 
-def test_tamper_runbook_brings_the_member_back_clean(clean_members, tmp_path):
-    faults.tamper("web1")
-    assert not site.is_pristine(L.site_dir("web1"))
-    r = incident("tamper", "--site", "portal", "--host", "web1", "--json", "--report", str(tmp_path / "t.md"))
-    assert r.returncode == 0, r.stderr + r.stdout
-    res = json.loads(r.stdout)
-    assert site.is_pristine(L.site_dir("web1"))
-    steps = {s["step"]: s["outcome"] for s in res["steps"]}
-    assert steps["isolate"] == steps["restore files"] == steps["rejoin"] == steps["verify site"] == "ok"
-    assert steps["security updates"] == "ok"  # checked only in the lab (simulation)
-    assert steps["rotate admin passwords"] == "skipped"  # the lab configures no admin accounts
-    md, data = _report(res)
-    for label in FIELDS:
-        assert label in md and data["fields_zh"][label]
-    assert faults.PLANTED_FILE in md  # named as planted by the attacker
-    assert data["severity"] in ("major", "critical") and data["report_upward"] is True
-    assert any(a["name"].startswith("logs-web1") for a in data["artifacts"])  # logs kept first
-    assert all(len(a["sha256"]) == 64 for a in data["artifacts"])
-    # The member takes traffic again.
-    out = run_cli("--config", CONFIG, "cluster", "status", "--json")
-    members = {m["host"]: m for m in json.loads(out.stdout)["sites"]["portal"]}
-    assert members["web1"]["balancer_state"] == "UP" and members["web1"]["quarantined"] is False
-
-
 def test_a_failed_step_stops_and_resume_finishes_from_there(clean_members, tmp_path):
     faults.tamper("web1")
     faults.stop_service("web1", "sshd")  # a member unreachable: isolating it must fail
@@ -109,8 +85,20 @@ def test_a_failed_step_stops_and_resume_finishes_from_there(clean_members, tmp_p
     outcomes = {s["step"]: s["outcome"] for s in res["steps"]}
     assert outcomes["assess"] == "skipped" and outcomes["isolate"] == "ok"
     assert site.is_pristine(L.site_dir("web1"))
-    _, data = _report(res)
+    assert outcomes["restore files"] == outcomes["rejoin"] == outcomes["verify site"] == "ok"
+    assert outcomes["rotate admin passwords"] == "skipped"  # the lab configures no admin accounts
+    md, data = _report(res)
     assert data["resumes"] == failed["run"] and data["outcome"] == "ok"
+    # The report of the whole response (the first run's steps carried over) has what the
+    # rules require. (The tamper runbook without a failure also runs in the quarterly-tamper
+    # drill and in the watch's auto-response: tests/lab/test_drills.py, test_watch.py.)
+    for label in FIELDS:
+        assert label in md and data["fields_zh"][label]
+    assert data["severity"] in ("major", "critical") and data["report_upward"] is True
+    assert all(len(a["sha256"]) == 64 for a in data["artifacts"])
+    out = run_cli("--config", CONFIG, "cluster", "status", "--json")
+    members = {m["host"]: m for m in json.loads(out.stdout)["sites"]["portal"]}
+    assert members["web1"]["balancer_state"] == "UP" and members["web1"]["quarantined"] is False
 
 
 def test_illegal_content_is_removed_everywhere_and_no_restore_brings_it_back(clean_members, tmp_path):
