@@ -123,6 +123,7 @@ def test_database_scratch_passes(clean):
     assert restore["outcome"] == "ok"
 
 
+@pytest.mark.slow
 def test_failing_step_runs_rollbacks_and_leaves_the_lab_as_it_was(clean, tmp_path):
     plan = tmp_path / "broken.yml"
     plan.write_text("""\
@@ -158,6 +159,7 @@ def test_missed_rto_target_exits_nonzero(clean, tmp_path):
     assert _end_details(res["run"])["passed"] is False
 
 
+@pytest.mark.slow
 def test_line_failover_passes_and_fails_back(clean):
     from resilience import lab as lab_api
 
@@ -167,6 +169,7 @@ def test_line_failover_passes_and_fails_back(clean):
     assert lab_api.active_line() == T.DEFAULT_LINE
 
 
+@pytest.mark.slow
 def test_full_member_restore_rebuilds_web2(clean):
     r, res = _drill(DRILLS / "full-member-restore.yml")
     assert r.returncode == 0, r.stderr + r.stdout
