@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,7 +44,7 @@ def _tree(root):
             full = os.path.join(dirpath, n)
             st_ = os.lstat(full)
             rel = os.path.relpath(full, root)
-            data = open(full, "rb").read() if os.path.isfile(full) and not os.path.islink(full) else None
+            data = Path(full).read_bytes() if os.path.isfile(full) and not os.path.islink(full) else None
             out[rel] = (st_.st_mode, st_.st_mtime_ns if not os.path.isdir(full) else None, data,
                         os.readlink(full) if os.path.islink(full) else None)
     return out
