@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 debian:
 	@scripts/install-debian-packages
 
-# CI runs this one; it must stay under 30 minutes on a 2-core machine (measured: ~22 min).
+# CI runs this one; it must stay under 30 minutes on a 2-core machine (measured: ~21 min of tests).
 test: install
 	$(BIN)/pytest -q -m "not slow" --durations=15 tests/unit tests/lab
 
