@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UsageError
+from .fsutil import atomic_write
 
 
 @dataclass
@@ -137,11 +138,7 @@ def _cached_list(path: str) -> str:
             data = json.loads(out)
             if not _looks_secret(data.get("_meta", {}).get("hostvars", {})):
                 cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(out)
-                os.replace(tmp, cache)
+                atomic_write(cache, out.encode())
         except (OSError, ValueError):
             pass  # a cache that cannot be written costs time, nothing else
     return out

@@ -13,9 +13,7 @@ have ``site=""``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from .evidence.report import (
     read_records,
     run_summary,
 )
+from .fsutil import atomic_write
 
 FILENAME = "resilience.prom"
 
@@ -139,17 +138,6 @@ def write(ledger: Ledger, directory: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text = render(collect(ledger)).encode()
     path = folder / FILENAME
-    # The temporary name must not end in .prom: the collector reads every *.prom in the folder.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{FILENAME}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # atomic_write's temporary name does not end in .prom: the collector reads every *.prom.
+    atomic_write(path, text, 0o644)
     return path

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ResilienceError, UsageError
+from .fsutil import atomic_write
 
 if TYPE_CHECKING:
     from .config import Config
@@ -224,28 +225,6 @@ def _ours(text: str) -> bool:
     return text.startswith(HEADER + "\n")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # The temporary name has a dot: cron ignores it even if we die before the rename.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # cron refuses files writable by group or others; umask may have widened nothing.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _warnings(cfg: Config) -> list[str]:
     out = []
     for plan in sorted(cfg.schedule.drills):
@@ -288,7 +267,9 @@ def install(cfg: Config, override: str | os.PathLike | None = None, *, dry_run: 
         raise UsageError(f"{path.parent} does not exist (is cron installed?)")
     try:
         if changed and not dry_run:
-            _atomic_write(path, text)
+            # A dot-named temporary: cron ignores it even if we die before the rename; 0644: cron
+            # refuses files writable by group or others.
+            atomic_write(path, text.encode("utf-8"), 0o644, sync_dir=True)
         if not dry_run:
             Path(cfg.schedule.log_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:

@@ -31,6 +31,7 @@ from .. import notify
 from ..config import Config, LinesConfig
 from ..errors import ResilienceError, TemporaryError, UsageError
 from ..evidence.redact import redact_text
+from ..fsutil import atomic_write
 from ..state import state_dir
 from . import hysteresis as H
 from .probe import Gateway, ProbeStream, Round, gateway_from_inventory, lines_config, probe_rounds
@@ -438,9 +439,7 @@ def _once(st: Setup, watcher: Watcher, ssh: SSH) -> dict:
     state = watcher.handle(state, rnd, now)
     if not watcher.dry_run:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(H.to_json(state)))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(H.to_json(state)).encode())
     return {"rounds": 1, "active": state.active, "alarm": state.alarm,
             "lines": {n: {"up": h.up, "good": h.good, "bad": h.bad}
                       for n, h in state.lines.items()}}

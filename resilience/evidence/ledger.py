@@ -26,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import DamagedError, ResilienceError, UsageError
+from ..fsutil import atomic_write
 
 FORMAT = 1
 GENESIS = "0" * 64
@@ -156,7 +156,7 @@ class Ledger:
             f.write(pem)
             f.flush()
             os.fsync(f.fileno())
-        _atomic_write(self.pub_path, self._openssh_public(key.public_key()).encode(), 0o644)
+        atomic_write(self.pub_path, self._openssh_public(key.public_key()).encode(), 0o644)
         self._key = key
         return key
 
@@ -256,7 +256,7 @@ class Ledger:
             digest = hashlib.sha256(line[:-1]).hexdigest()
             head = {"seq": seq, "hash": digest}
             head["sig"] = base64.b64encode(key.sign(canonical(head))).decode()
-            _atomic_write(self.head_path, canonical(head) + b"\n", 0o600)
+            atomic_write(self.head_path, canonical(head) + b"\n", 0o600)
             return rec
 
     # -- reading ----------------------------------------------------------------------------
@@ -366,16 +366,3 @@ class Ledger:
 STARTED_RUNS: list[tuple[Ledger, str, str, bool]] = []
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

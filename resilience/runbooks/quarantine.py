@@ -11,12 +11,11 @@ on a member. Snapshots themselves are not rewritten (they stay verifiable eviden
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import atomic_write
 from ..state import state_dir
 
 FILE_NAME = "content-quarantine.json"
@@ -65,13 +64,7 @@ def remove(digests_: list[str]) -> None:
 def _write(entries: dict[str, dict[str, Any]]) -> None:
     p = path()
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".quarantine-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, "sha256": entries}, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, p)
+    atomic_write(p, json.dumps({"version": 1, "sha256": entries}, indent=2, sort_keys=True).encode())
 
 
 def filter_items(items: list) -> list:

@@ -21,10 +21,10 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import atomic_write
 from ..state import state_dir
 
 Proof = tuple[int, int, int, int, str]  # inode, size, mtime ns, ctime ns, sha256
@@ -66,11 +66,7 @@ def save(repo, host: str, path: str, proofs: dict[bytes, Proof]) -> None:
     target = _file(repo.id, host, path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"mac": _mac(repo.key.mac, body.encode()), "body": body}, f)
-        os.replace(tmp, target)
+        atomic_write(target, json.dumps({"mac": _mac(repo.key.mac, body.encode()), "body": body}).encode())
     except OSError:
         pass  # only a cache: the next comparison hashes instead
 
