@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import Config
-from ..control.ssh import SSH, Target, quote, raise_for, target_for
+from ..control.ssh import SSH, Target, raise_for, target_for
 from ..errors import UsageError
 from ..evidence import Ledger
 from ..repository.repo import Repository, iter_tree
@@ -33,7 +33,7 @@ from ..repository.snapshot import Snapshot
 from ..repository.tree import DIR, FILE, SYMLINK, get_bytes
 from ..sources.patterns import Matcher
 from ..sources.remote import listing_command, parse_listing
-from ..targets.files import plan_member
+from ..targets.files import hash_on_member, plan_member
 from .repository import opened
 
 #: the categories that make a member differ (``touched`` does not)
@@ -75,22 +75,6 @@ class MemberIntegrity:
 
 def _text(p: bytes) -> str:
     return p.decode("utf-8", "backslashreplace")
-
-
-def hash_on_member(ssh: SSH, t: Target, path: str, rels: list[bytes]) -> dict[bytes, str]:
-    """sha256 of the given files (relative to ``path``), computed on the member; files that
-    vanished meanwhile are simply absent from the result."""
-    if not rels:
-        return {}
-    proc = ssh.run(t, f"cd {quote(path)} && xargs -0 -r sha256sum -z --",
-                   input=b"".join(r + b"\0" for r in rels), check=False, timeout=900)
-    if proc.returncode not in (0, 123):
-        raise_for(t, proc.returncode, proc.stderr)
-    out = {}
-    for rec in proc.stdout.split(b"\0"):
-        if len(rec) > 66 and rec[64:66] == b"  ":
-            out[rec[66:]] = rec[:64].decode()
-    return out
 
 
 def classify(items: list, current: dict[bytes, dict[str, Any]], send: list[bytes], exclude: list[str],

@@ -96,9 +96,10 @@ def _parsed(t: Target, listing: bytes) -> dict[bytes, dict[str, Any]]:
         raise ResilienceError(f"{t.name}: unreadable listing: {exc}") from None
 
 
-def _hash_on_member(ssh: SSH, t: Target, path: str, rels: list[bytes]) -> dict[bytes, str]:
-    """sha256 of the given files, computed on the member. One sha256sum at a time: parallel
-    ones would interleave their output records."""
+def hash_on_member(ssh: SSH, t: Target, path: str, rels: list[bytes]) -> dict[bytes, str]:
+    """sha256 of the given files (relative to ``path``), computed on the member; files that
+    vanished meanwhile are absent from the result. One sha256sum at a time: parallel ones
+    would interleave their output records."""
     if not rels:
         return {}
     cmd = f"cd {quote(path)} && xargs -0 -r sha256sum -z --"
@@ -208,7 +209,7 @@ def plan_member(repo: Repository, snap: Snapshot, ssh: SSH, t: Target, path: str
                 plan.checked_by_metadata += 1
     else:
         to_hash += just_sent
-    digests = _hash_on_member(ssh, t, path, to_hash)
+    digests = hash_on_member(ssh, t, path, to_hash)
     plan.hashed = len(to_hash)
     for rel in to_hash:
         node, cur = want[rel], current[rel]
