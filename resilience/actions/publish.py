@@ -32,7 +32,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ..checks import run_checks
 from ..config import CheckConfig, Config
 from ..control.ssh import SSH, target_for
 from ..errors import PartialFailure, ResilienceError, UsageError
@@ -45,6 +44,7 @@ from ..sources.patterns import Matcher
 from ..targets.files import apply_member, content_digest, plan_member
 from .backup import find_parent
 from .repository import opened
+from .restore_site import check_site
 
 MAX_PAGE_CHECKS = 10
 MAX_PROBLEMS = 20
@@ -250,7 +250,7 @@ def publish(cfg: Config, ledger: Ledger, site_name: str, source_dir: str | os.Pa
         digests = {rel.decode("utf-8", "surrogateescape"): node["sha256"] for rel, node in items
                    if node.get("type") == FILE and node.get("sha256")}
         checks = publish_checks(site.checks, digests, changed)
-        result["checks"] = _verify(cfg, site, [h for h in members if h not in failed], checks, run)
+        result["checks"] = check_site(cfg, site, [h for h in members if h not in failed], run, checks)
         failed_checks = [r for rs in result["checks"].values() for r in rs if not r["ok"]]
         result["failed_members"] = failed
         run.details.update(snapshot=result["snapshot"], failed_members=failed, failed_checks=len(failed_checks))
@@ -311,19 +311,3 @@ def _deploy(repo, ssh, run, site, snap, items, plans, result) -> list[str]:
     return failed
 
 
-def _verify(cfg: Config, site, members: list[str], checks: list[CheckConfig], run) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    if site.url:
-        with run.step("check site through the balancer") as step:
-            res = [r.as_dict() for r in run_checks(site.url, checks, retries=6, delay=0.5)]
-            step.details["results"] = res
-            step.outcome = "ok" if all(r["ok"] for r in res) else "failed"
-        out["balancer"] = res
-    for host in members:
-        t = target_for(cfg, host)
-        with run.step("check member", host=host) as step:
-            res = [r.as_dict() for r in run_checks(f"http://{t.address}", checks, retries=2)]
-            step.details["results"] = res
-            step.outcome = "ok" if all(r["ok"] for r in res) else "failed"
-        out[host] = res
-    return out

@@ -111,7 +111,7 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
             result["database"] = _restore_database(cfg, repo, site, chosen["database"], target, dry_run, run,
                                                    confirm)
         if not dry_run:
-            result["checks"] = _check_site(cfg, site, members if files and check_members else [], run)
+            result["checks"] = check_site(cfg, site, members if files and check_members else [], run)
     failed_checks = [r for rs in result["checks"].values() for r in rs if not r["ok"]]
     if result.get("failed_members") or failed_checks:
         raise PartialFailure(
@@ -122,18 +122,21 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
     return result
 
 
-def _check_site(cfg: Config, site, members: list[str], run) -> dict[str, list[dict[str, Any]]]:
+def check_site(cfg: Config, site, members: list[str], run, checks=None) -> dict[str, list[dict[str, Any]]]:
+    """Run ``checks`` (default: the site's own) through the balancer and directly on each of
+    ``members``, each as a recorded step; returns {"balancer" | host: [check results]}."""
+    checks = site.checks if checks is None else checks
     out: dict[str, list[dict[str, Any]]] = {}
     if site.url:
         with run.step("check site through the balancer") as step:
-            res = [r.as_dict() for r in run_checks(site.url, site.checks, retries=6, delay=0.5)]
+            res = [r.as_dict() for r in run_checks(site.url, checks, retries=6, delay=0.5)]
             step.details["results"] = res
             step.outcome = "ok" if all(r["ok"] for r in res) else "failed"
         out["balancer"] = res
     for host in members:
         t = target_for(cfg, host)
         with run.step("check member", host=host) as step:
-            res = [r.as_dict() for r in run_checks(f"http://{t.address}", site.checks, retries=2)]
+            res = [r.as_dict() for r in run_checks(f"http://{t.address}", checks, retries=2)]
             step.details["results"] = res
             step.outcome = "ok" if all(r["ok"] for r in res) else "failed"
         out[host] = res
