@@ -45,7 +45,8 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(msg)))
                     self.end_headers()
-                    self.wfile.write(msg)
+                    if self.command != "HEAD":  # a body after a HEAD answer would poison the next response
+                        self.wfile.write(msg)
                     return
                 if fault == "reset":
                     self._reset()
@@ -66,7 +67,9 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer keeps upstream's length (of the body it does not send).
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if fault == "truncate" and len(data) > 16 and self.command == "GET":
                     self.wfile.write(data[: len(data) // 2])
