@@ -22,6 +22,7 @@ import secrets
 import shutil
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .ledger import Ledger, now_iso
@@ -151,23 +152,18 @@ class Run:
         folder = self.ledger.artifacts_dir / self.id
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         safe = _SAFE_NAME.sub("_", name).strip("._") or "artifact"
-        dest = folder / safe
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = folder / f"{safe}.{n}"
+        dest, out = _claim(folder, safe)
         digest = hashlib.sha256()
-        if data is not None:
-            digest.update(data)
-            with open(dest, "xb") as f:
-                f.write(data)
-                os.fsync(f.fileno())
-            size = len(data)
-        else:
-            with open(path, "rb") as src, open(dest, "xb") as out:
-                shutil.copyfileobj(_Hashing(src, digest), out, 1 << 20)
-                os.fsync(out.fileno())
-            size = dest.stat().st_size
+        with out:
+            if data is not None:
+                digest.update(data)
+                out.write(data)
+            else:
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(_Hashing(src, digest), out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        size = dest.stat().st_size
         os.chmod(dest, 0o400)
         return {"name": name, "path": str(dest.relative_to(self.ledger.dir)), "sha256": digest.hexdigest(), "size": size}
 
@@ -200,6 +196,18 @@ class Run:
             self.finish(_outcome_of(exc), _error_text(exc))
         else:
             self.finish(self.outcome)
+
+
+def _claim(folder: Path, safe: str) -> tuple[Path, Any]:
+    """Create a new file named ``safe`` (or ``safe.N``) in ``folder``; exclusive creation, so
+    steps running at the same time never write into one file."""
+    n = 1
+    while True:
+        dest = folder / (safe if n == 1 else f"{safe}.{n}")
+        try:
+            return dest, open(dest, "xb")
+        except FileExistsError:
+            n += 1
 
 
 class _Hashing:

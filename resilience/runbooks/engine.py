@@ -9,12 +9,18 @@ runbook: its steps that ended ``ok``/``skipped`` are not run again (recorded ``s
 with ``done_in``, their results carried over), the rest run from the first one that did
 not succeed, and the new run's parameters name the old run (``resumes``).
 
+Consecutive steps that share a ``group`` run at the same time (threads): independent work
+after a containment step (a restore, a package check, a password change) need not wait for
+each other. The group ends when all of its steps have; a failure of any stops the run after
+the group, named by the first failed step in list order.
+
 Every run ends with an incident report (see :mod:`resilience.runbooks.report`).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +38,13 @@ class Skip(Exception):
 
 @dataclass
 class Step:
-    """One step: ``name`` (unique within the runbook), the callable, the host it acts on."""
+    """One step: ``name`` (unique within the runbook), the callable, the host it acts on,
+    and the ``group`` of neighbouring steps it runs concurrently with (None: alone)."""
 
     name: str
     fn: Callable[[Context], dict[str, Any] | None]
     host: str | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -96,6 +104,47 @@ def _earlier(ledger: Ledger, kind: str, resume: str) -> tuple[str, dict[str, Any
     return start["run"], params, done
 
 
+def _batches(steps: list[Step]) -> list[list[Step]]:
+    """Steps in order, neighbours of one group together."""
+    out: list[list[Step]] = []
+    for st in steps:
+        if st.group is not None and out and out[-1][-1].group == st.group:
+            out[-1].append(st)
+        else:
+            out.append([st])
+    return out
+
+
+def _carry_over(ctx: Context, run: Run, st: Step, prev: dict[str, Any]) -> None:
+    """Record a step done in the resumed run as skipped here, with its results."""
+    ctx.results[st.name] = dict(prev.get("details") or {})
+    ctx.facts.update((prev.get("details") or {}).get("facts") or {})
+    run.record_step(st.name, host=st.host, outcome=SKIPPED,
+                    details={"runbook_step": True, "done_in": prev.get("run"),
+                             "previous_outcome": prev.get("outcome"), **(prev.get("details") or {})})
+
+
+def _run_step(ctx: Context, run: Run, st: Step) -> str | None:
+    """Run one step as a recorded step; return None, or its error text when it failed."""
+    step = run.step(st.name, st.host)
+    step.details["runbook_step"] = True
+    before = dict(ctx.facts)
+    try:
+        with step:
+            try:
+                out = st.fn(ctx) or {}
+            except Skip as exc:
+                out = {"skipped": str(exc)}
+                step.outcome = SKIPPED
+            step.details.update(out)
+            # Facts the step learnt, so a resumed run's report still has them.
+            step.details["facts"] = {k: v for k, v in ctx.facts.items() if before.get(k) != v}
+        ctx.results[st.name] = out
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure stops the runbook, recorded
+        return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
 def execute(cfg: Config, ledger: Ledger, book: Runbook, params: dict[str, Any], *, dry_run: bool = False,
             resume: str | None = None, report_path: str | None = None) -> dict[str, Any]:
     """Run ``book`` (or resume run ``resume`` of it) and write its report. Returns
@@ -119,33 +168,21 @@ def execute(cfg: Config, ledger: Ledger, book: Runbook, params: dict[str, Any], 
     failed_step = error = None
     t0 = time.monotonic()
     with run:
-        for st in steps:
-            if st.name in done:
-                prev = done[st.name]
-                ctx.results[st.name] = dict(prev.get("details") or {})
-                ctx.facts.update((prev.get("details") or {}).get("facts") or {})
-                run.record_step(st.name, host=st.host, outcome=SKIPPED,
-                                details={"runbook_step": True, "done_in": prev.get("run"),
-                                         "previous_outcome": prev.get("outcome"),
-                                         **(prev.get("details") or {})})
-                continue
-            step = run.step(st.name, st.host)
-            step.details["runbook_step"] = True
-            before = dict(ctx.facts)
-            try:
-                with step:
-                    try:
-                        out = st.fn(ctx) or {}
-                    except Skip as exc:
-                        out = {"skipped": str(exc)}
-                        step.outcome = SKIPPED
-                    step.details.update(out)
-                    # Facts the step learnt, so a resumed run's report still has them.
-                    step.details["facts"] = {k: v for k, v in ctx.facts.items() if before.get(k) != v}
-                ctx.results[st.name] = out
-            except Exception as exc:  # noqa: BLE001 - any failure stops the runbook, recorded
-                failed_step = st.name
-                error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        for batch in _batches(steps):
+            todo = []
+            for st in batch:
+                if st.name in done:
+                    _carry_over(ctx, run, st, done[st.name])
+                else:
+                    todo.append(st)
+            if len(todo) > 1:
+                with ThreadPoolExecutor(len(todo), thread_name_prefix="runbook") as pool:
+                    errors = list(pool.map(lambda st: _run_step(ctx, run, st), todo))
+            else:
+                errors = [_run_step(ctx, run, st) for st in todo]
+            bad = next(((st, e) for st, e in zip(todo, errors, strict=True) if e is not None), None)
+            if bad is not None:
+                failed_step, error = bad[0].name, bad[1]
                 break
         outcome = FAILED if failed_step else OK
         run.details.update(failed_step=failed_step, linked_runs=ctx.linked_runs, resumes=old)

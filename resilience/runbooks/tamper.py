@@ -1,8 +1,8 @@
 """Runbook ``tamper --host H --site S``: a member's site content was changed.
 
-assess → isolate (logs first) → restore the member's files from the last good snapshot →
-security updates → rotate admin passwords → analyse the access logs (sources, first
-appearance of the planted files) → rejoin → verify.
+assess → isolate (logs first) → {restore the member's files from the last good snapshot,
+security updates, rotate admin passwords} (at the same time) → analyse the access logs
+(sources, first appearance of the planted files) → rejoin → verify.
 """
 
 from __future__ import annotations
@@ -145,8 +145,11 @@ def _verify(ctx: Context) -> dict[str, Any]:
 
 def steps(cfg, params: dict[str, Any]) -> list[Step]:
     h = params.get("host")
-    return [Step("assess", _assess, h), Step("isolate", _isolate, h), Step("restore files", _restore, h),
-            Step("security updates", _updates, h), Step("rotate admin passwords", _rotate, h),
+    # Once the member is cut off and its logs kept, restoring it, checking its packages and
+    # changing its passwords do not depend on each other: they run at the same time.
+    return [Step("assess", _assess, h), Step("isolate", _isolate, h),
+            Step("restore files", _restore, h, group="contained"), Step("security updates", _updates, h, group="contained"),
+            Step("rotate admin passwords", _rotate, h, group="contained"),
             Step("analyse access logs", _analyse, h), Step("rejoin", _rejoin, h), Step("verify site", _verify)]
 
 

@@ -154,3 +154,45 @@ def test_every_kind_is_registered_with_steps():
         assert book.kind == kind
     with pytest.raises(UsageError):
         runbooks.get("nope")
+
+
+def _grouped_book(fail: str | None, barrier) -> Runbook:
+    """Three steps of one group that each wait at a barrier: they only get past it when all
+    three run at the same time (sequential steps would time out)."""
+    def member(name):
+        def fn(ctx):
+            barrier.wait(timeout=5)
+            CALLS.append(name)
+            if name == fail:
+                raise OSError(f"{name} broke")
+            return {"did": name, "kept": ctx.run.keep_artifact("same-name", data=name.encode())["path"]}
+        return fn
+
+    def steps(cfg, params):
+        return [Step("before", _ok("before")), *(Step(n, member(n), group="g") for n in ("a", "b", "c")),
+                Step("after", _ok("after"))]
+
+    return Runbook("unit", steps, lambda cfg, p: p, lambda ctx, o: {"title": "t", "scope": "s", "nature": "n"})
+
+
+def test_a_group_runs_its_steps_at_the_same_time_and_a_failure_stops_after_it(env):
+    import threading
+
+    cfg, ledger, _ = env
+    ok = execute(cfg, ledger, _grouped_book(None, threading.Barrier(3)), {"site": "portal"})
+    assert ok["outcome"] == "ok"
+    assert CALLS[0] == "before" and sorted(CALLS[1:4]) == ["a", "b", "c"] and CALLS[4] == "after"
+    kept = {r["details"]["kept"]: r["details"]["did"] for r in run_records(ledger, ok["run"])
+            if r.get("type") == "step" and "kept" in r["details"]}
+    assert len(kept) == 3  # three files, none overwritten
+    assert all((ledger.dir / path).read_text() == name for path, name in kept.items())
+
+    CALLS.clear()
+    bad = execute(cfg, ledger, _grouped_book("b", threading.Barrier(3)), {"site": "portal"})
+    assert bad["outcome"] == "failed" and bad["failed_step"] == "b" and "b broke" in bad["error"]
+    assert "after" not in CALLS and sorted(CALLS[1:]) == ["a", "b", "c"]  # the group finished
+    assert dict(_steps(ledger, bad["run"]))["a"] == "ok"
+    CALLS.clear()
+    again = execute(cfg, ledger, _grouped_book(None, threading.Barrier(1)), {}, resume=bad["run"])
+    assert again["outcome"] == "ok" and CALLS == ["b", "after"]  # a and c were done
+    assert ledger.verify().ok
