@@ -81,7 +81,7 @@ def admin_states() -> str:
 def reset_members() -> None:
     """Put every portal member back: quarantine off, READY (the state of a fresh lab)."""
     for host in ("web1", "web2"):
-        run_in(host, "nft delete table inet resilience_quarantine 2>/dev/null; rm -f /run/resilience/quarantine.nft; true")
+        run_in(host, "nft delete table inet resilience_quarantine 2>/dev/null; rm -f /run/resilience-quarantine.nft /run/resilience/quarantine.nft; true")
         run_in("lb1", f"echo 'set server portal/{host} state ready' | socat stdio /run/haproxy/admin.sock")
     run_in("lb1", "echo 'show servers state' | socat stdio /run/haproxy/admin.sock > /run/haproxy/server-state")
     deadline = time.monotonic() + 20
