@@ -6,9 +6,10 @@ the firewall's state → collect the host's logs into the evidence (sha256 per f
 bounded wait, MAINT on every balancer of its sites → nftables quarantine → keep the states
 after. Nothing changes on a host before its logs are safe.
 
-Rejoin: lift the quarantine → check the member serves the site's checks directly (else the
-quarantine goes back on and the run fails) → READY on the balancer → check the site through
-its URL (the VIP) and that the balancer sees the member UP.
+Rejoin, one playbook run per site: lift the quarantine → check from the balancer that the
+member serves the site's checks (status, text, sha256; else the quarantine goes back on and the
+run fails) → READY on the balancer; then check the site through its URL (the VIP) and that the
+balancer sees the member UP.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from ..checks import run_checks
 from ..config import Config
 from ..control import cluster
 from ..control.ansible import run_playbook
-from ..control.ssh import SSH, target_for
-from ..errors import ResilienceError, UsageError
+from ..control.ssh import SSH
+from ..errors import PlaybookError, ResilienceError, UsageError
 from ..evidence import Ledger
 from ..evidence.run import Run
 
 PLAYBOOK_TIMEOUT = 300
+#: rejoin.yml's task that checks the member from the balancer (its failure keeps it out).
+CHECK_TASK = "Check the member serves"
 
 
 def isolate(cfg: Config, ledger: Ledger, host: str, reason: str, *, dry_run: bool = False,
@@ -81,7 +84,6 @@ def rejoin(cfg: Config, ledger: Ledger, host: str, *, dry_run: bool = False,
     left as it is (``changed`` False). Raises ResilienceError when the member does not serve
     the expected content (its quarantine is restored) or the site fails its checks after."""
     sites = cluster.balanced_sites(cfg, host)
-    address = target_for(cfg, host).address
     result: dict[str, Any] = {"host": host, "sites": sites, "dry_run": dry_run, "balancer": {},
                               "checks": {}, "changed": False}
     with SSH() as ssh:
@@ -90,24 +92,21 @@ def rejoin(cfg: Config, ledger: Ledger, host: str, *, dry_run: bool = False,
         with run:
             quarantined = _keep_state(cfg, run, host, sites, ssh, "before")
             result["quarantined_before"] = quarantined
-            res = run_playbook(cfg, "rejoin", check=dry_run, run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
-                               extravars={"target": host, "rejoin_steps": ["unquarantine"]})
-            result["changed"] |= res.changed
-            if not (dry_run and quarantined):
-                # In a dry run a quarantined member cannot be reached: nothing to check yet.
-                _check_member(cfg, run, host, address, sites, result, dry_run, quiet)
-            for site in sites:
-                bal = cfg.site(site).balancer
-                checks = [{"path": c.path, "status": c.status, "contains": c.contains}
-                          for c in cfg.site(site).checks]
+            if not sites:
                 res = run_playbook(cfg, "rejoin", check=dry_run, run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
-                                   extravars={"target": host, "balancer": bal.host, "backend": bal.backend,
-                                              "member_checks": checks, "rejoin_steps": ["ready"]})
+                                   extravars={"target": host, "rejoin_steps": ["unquarantine"]})
+                result["changed"] |= res.changed
+            for i, site in enumerate(sites):
+                # One playbook run: lift the quarantine, check the member from the balancer
+                # (status, text, sha256), READY. A member that fails its checks never gets READY.
+                bal = cfg.site(site).balancer
+                res = _ready(cfg, run, host, site, ["unquarantine"] * (i == 0) + ["ready"], dry_run, quiet)
                 result["changed"] |= res.changed
                 pub = res.facts.get(bal.host, {}).get("balancer", {})
                 result["balancer"][site] = {"balancer": bal.host, "backend": bal.backend,
                                             "before": pub.get("before"), "after": pub.get("after")}
                 if not dry_run:
+                    result["checks"][f"{host} from {bal.host}"] = pub.get("checks", [])
                     _confirm_site(cfg, run, host, site, ssh, result)
             result["quarantined"] = _keep_state(cfg, run, host, sites, ssh, "after")
             if dry_run:
@@ -117,6 +116,28 @@ def rejoin(cfg: Config, ledger: Ledger, host: str, *, dry_run: bool = False,
                 result["changed"] = False
             run.details.update(changed=result["changed"])
     return result
+
+
+def _ready(cfg: Config, run: Run, host: str, site: str, steps: list[str], dry_run: bool, quiet: bool):
+    """Run rejoin.yml's ``steps`` for ``host`` in ``site``; when the member fails its checks,
+    put the quarantine back on and raise ResilienceError."""
+    bal = cfg.site(site).balancer
+    checks = [{"path": c.path, "status": c.status, "contains": c.contains, "sha256": c.sha256}
+              for c in cfg.site(site).checks]
+    try:
+        return run_playbook(cfg, "rejoin", check=dry_run, run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
+                            extravars={"target": host, "balancer": bal.host, "backend": bal.backend,
+                                       "member_checks": checks, "rejoin_steps": steps})
+    except PlaybookError as exc:
+        bad = [f for f in (exc.result.failures if exc.result else []) if f.get("task", "").startswith(CHECK_TASK)]
+        if not bad or dry_run:
+            raise
+        # A member that does not serve what it should stays cut off.
+        run_playbook(cfg, "isolate", run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
+                     extravars={"target": host, "isolate_steps": ["quarantine"],
+                                "ops_addresses": [str(a) for a in cfg.control.ops_addresses]})
+        raise ResilienceError(f"{host} does not serve the expected content ({bad[0].get('message') or 'check failed'}); "
+                              f"quarantine restored, it stays out of the balancer") from None
 
 
 def _refuse_last_member(site: str, host: str, servers: dict[str, dict], force: bool) -> None:
@@ -171,23 +192,6 @@ def _collect_logs(cfg: Config, run: Run, host: str, dry_run: bool, quiet: bool) 
         return kept
     finally:
         shutil.rmtree(dest, ignore_errors=True)
-
-
-def _check_member(cfg: Config, run: Run, host: str, address: str, sites: list[str], result: dict,
-                  dry_run: bool, quiet: bool) -> None:
-    for site in sites:
-        with run.step("check member directly", host=host) as step:
-            checks = run_checks(f"http://{address}", cfg.site(site).checks, retries=4, delay=0.5)
-            result["checks"][f"{host} direct"] = [c.as_dict() for c in checks]
-            step.details["checks"] = [c.as_dict() for c in checks]
-            bad = [c for c in checks if not c.ok]
-            if bad and not dry_run:
-                # A member that does not serve what it should stays cut off.
-                run_playbook(cfg, "isolate", run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
-                             extravars={"target": host, "isolate_steps": ["quarantine"],
-                                        "ops_addresses": [str(a) for a in cfg.control.ops_addresses]})
-                raise ResilienceError(f"{host} does not serve the expected content ({bad[0].url}: {bad[0].error}); "
-                                      f"quarantine restored, it stays out of the balancer")
 
 
 def _confirm_site(cfg: Config, run: Run, host: str, site: str, ssh: SSH, result: dict) -> None:

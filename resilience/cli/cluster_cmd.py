@@ -56,7 +56,7 @@ Examples:
   resilience rejoin web1
   resilience rejoin web1 --dry-run
   resilience rejoin web1 --json
-Lifts the quarantine, checks HOST serves the site's checks directly (if not, the quarantine
+Lifts the quarantine, checks from the balancer that HOST serves the site's checks (if not, the quarantine
 goes back on and the command fails), sets it READY, then checks the site through its URL.
 Running it again changes nothing.""")
 @click.argument("host")

@@ -310,6 +310,9 @@ def _ssh_summary(msg: str) -> str:
 
 
 def _message(res: dict) -> str:
+    # A failed command's msg is only "non-zero return code": its stderr says why.
+    if res.get("msg") == "non-zero return code" and str(res.get("stderr") or "").strip():
+        return str(res["stderr"]).strip().splitlines()[-1]
     for key in ("msg", "stderr", "reason"):
         if res.get(key):
             return str(res[key]).strip()

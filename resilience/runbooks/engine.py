@@ -20,8 +20,8 @@ Every run ends with an incident report (see :mod:`resilience.runbooks.report`).
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 

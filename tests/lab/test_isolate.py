@@ -195,6 +195,20 @@ def test_isolate_under_load_then_rejoin(clean_members):
     time.sleep(2)
     assert members()["web1"]["balancer_state"] == "MAINT"
 
+    # A member that does not serve the genuine site is refused: its quarantine goes back on.
+    from resilience.lab import faults
+
+    faults.tamper("web1")
+    try:
+        refused = cli("rejoin", "web1")
+        assert refused.returncode == 1 and "does not serve the expected content" in refused.stderr, refused.stderr
+        assert "quarantine restored" in refused.stderr and "Traceback" not in refused.stderr
+        m = members()
+        assert m["web1"]["balancer_state"] == "MAINT" and m["web1"]["quarantined"] is True
+        assert not http_reachable(WEB1)
+    finally:
+        faults.untamper("web1")
+
     with RequestLoop() as loop:
         back = cli_json("rejoin", "web1")
         time.sleep(1)
