@@ -1,8 +1,8 @@
 """Runbook ``tamper --host H --site S``: a member's site content was changed.
 
 assess → isolate (logs first) → {restore the member's files from the last good snapshot,
-security updates, rotate admin passwords} (at the same time) → analyse the access logs
-(sources, first appearance of the planted files) → rejoin → verify.
+security updates, rotate admin passwords} (at the same time) → {analyse the access logs
+(sources, first appearance of the planted files), rejoin} (at the same time) → verify.
 """
 
 from __future__ import annotations
@@ -150,7 +150,10 @@ def steps(cfg, params: dict[str, Any]) -> list[Step]:
     return [Step("assess", _assess, h), Step("isolate", _isolate, h),
             Step("restore files", _restore, h, group="contained"), Step("security updates", _updates, h, group="contained"),
             Step("rotate admin passwords", _rotate, h, group="contained"),
-            Step("analyse access logs", _analyse, h), Step("rejoin", _rejoin, h), Step("verify site", _verify)]
+            # The analysis only reads the kept logs and proposes blocks: the member, restored
+            # and patched, need not wait for it to take traffic again.
+            Step("analyse access logs", _analyse, h, group="back"), Step("rejoin", _rejoin, h, group="back"),
+            Step("verify site", _verify)]
 
 
 def describe(ctx: Context, outcome: str) -> dict[str, Any]:
