@@ -52,22 +52,28 @@ def isolate(cfg: Config, ledger: Ledger, host: str, reason: str, *, dry_run: boo
         result["run"] = run.id
         with run:
             result["quarantined_before"] = _keep_state(cfg, run, host, sites, ssh, "before")
-            result["logs"] = _collect_logs(cfg, run, host, dry_run, quiet)
             ops = [str(a) for a in cfg.control.ops_addresses]
-            for i, site in enumerate(sites):
-                bal = cfg.site(site).balancer
-                steps = ["balancer"] + (["quarantine"] if i == len(sites) - 1 else [])
-                res = run_playbook(cfg, "isolate", check=dry_run, run=run, quiet=quiet,
-                                   timeout=PLAYBOOK_TIMEOUT + drain_timeout,
-                                   extravars={"target": host, "balancer": bal.host, "backend": bal.backend,
-                                              "drain_timeout": drain_timeout, "force": force,
-                                              "ops_addresses": ops, "isolate_steps": steps})
-                result["changed"] |= res.changed
-                pub = res.facts.get(bal.host, {}).get("balancer", {})
-                result["balancer"][site] = {"balancer": bal.host, "backend": bal.backend,
-                                            "before": before[site].get(host, {}).get("status"),
-                                            "after": pub.get("after"),
-                                            "sessions_left": pub.get("sessions_left")}
+            dest = Path(tempfile.mkdtemp(prefix="resilience-logs-"))
+            try:
+                if not sites:
+                    _run_isolate(cfg, run, host, dest, {"isolate_steps": ["quarantine"], "ops_addresses": ops},
+                                 dry_run, quiet, result)
+                for i, site in enumerate(sites):
+                    # The logs come first, in the same playbook run as the first balancer: the
+                    # run stops before any change when none is found.
+                    bal = cfg.site(site).balancer
+                    steps = ["balancer"] + (["quarantine"] if i == len(sites) - 1 else [])
+                    res = _run_isolate(cfg, run, host, dest if i == 0 else None,
+                                       {"balancer": bal.host, "backend": bal.backend, "drain_timeout": drain_timeout,
+                                        "force": force, "ops_addresses": ops, "isolate_steps": steps},
+                                       dry_run, quiet, result, timeout=PLAYBOOK_TIMEOUT + drain_timeout)
+                    pub = res.facts.get(bal.host, {}).get("balancer", {})
+                    result["balancer"][site] = {"balancer": bal.host, "backend": bal.backend,
+                                                "before": before[site].get(host, {}).get("status"),
+                                                "after": pub.get("after"),
+                                                "sessions_left": pub.get("sessions_left")}
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
             result["quarantined"] = _keep_state(cfg, run, host, sites, ssh, "after")
             if dry_run:
                 result["would_change"] = {
@@ -167,31 +173,29 @@ def _keep_state(cfg: Config, run: Run, host: str, sites: list[str], ssh: SSH, wh
     return q
 
 
-def _collect_logs(cfg: Config, run: Run, host: str, dry_run: bool, quiet: bool) -> list[dict]:
-    """Fetch the host's logs and keep each as an artifact (sha256, size); in a dry run only
-    list them."""
+def _run_isolate(cfg: Config, run: Run, host: str, dest: Path | None, extravars: dict[str, Any], dry_run: bool,
+                 quiet: bool, result: dict[str, Any], timeout: float = PLAYBOOK_TIMEOUT):
+    """Run isolate.yml, or with ``dest`` isolate_member.yml: the host's logs fetched into
+    ``dest`` first and kept as artifacts (sha256, size) in ``result["logs"]``; in a dry run
+    they are only listed."""
+    book = "isolate" if dest is None else "isolate_member"
+    extra = {"target": host, **extravars, **({"collect_dest": str(dest)} if dest is not None else {})}
+    res = run_playbook(cfg, book, check=dry_run, run=run, quiet=quiet, timeout=timeout, extravars=extra)
+    result["changed"] |= res.changed
+    if dest is None:
+        return res
     if dry_run:
-        res = run_playbook(cfg, "collect_logs", limit=[host], check=True, run=run, quiet=quiet,
-                           timeout=PLAYBOOK_TIMEOUT, extravars={"target": host})
-        return [{"path": f["path"], "size": f.get("size")} for f in res.facts.get(host, {}).get("logs", [])]
-    dest = Path(tempfile.mkdtemp(prefix="resilience-logs-"))
-    try:
-        run_playbook(cfg, "collect_logs", limit=[host], run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
-                     extravars={"target": host, "collect_dest": str(dest)})
-        kept = []
-        with run.step("keep logs", host=host) as step:
-            root = dest / host
-            for f in sorted(p for p in root.rglob("*") if p.is_file()):
-                remote = "/" + str(f.relative_to(root))
-                entry = step.artifact(f"logs-{host}{remote.replace('/', '_')}", path=f)
-                kept.append({"path": remote, "size": entry["size"], "sha256": entry["sha256"],
-                             "artifact": entry["path"]})
-            step.details["files"] = len(kept)
-            if not kept:
-                raise ResilienceError(f"{host}: no logs found to collect; refusing to isolate without evidence")
-        return kept
-    finally:
-        shutil.rmtree(dest, ignore_errors=True)
+        result["logs"] = [{"path": f["path"], "size": f.get("size")} for f in res.facts.get(host, {}).get("logs", [])]
+        return res
+    with run.step("keep logs", host=host) as step:
+        root = dest / host
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            remote = "/" + str(f.relative_to(root))
+            entry = step.artifact(f"logs-{host}{remote.replace('/', '_')}", path=f)
+            result["logs"].append({"path": remote, "size": entry["size"], "sha256": entry["sha256"],
+                                   "artifact": entry["path"]})
+        step.details["files"] = len(result["logs"])
+    return res
 
 
 def _confirm_site(cfg: Config, run: Run, host: str, site: str, ssh: SSH, result: dict) -> None:
