@@ -48,6 +48,7 @@ def restore_site(cfg: Config, ledger: Ledger, site_name: str, *, snapshot: str =
     run = ledger.start_run("restore-site", {"site": site_name, "snapshot": snapshot, "hosts": members,
                                             "files": files, "database": database, "target": target},
                            dry_run=dry_run)
+    result["run"] = run.id  # callers (runbooks, drills) link to this run
     with run, opened(cfg) as repo, SSH() as ssh, ThreadPoolExecutor(len(members) + 1) as pool:
         chosen = resolve_snapshots(repo, site_name, snapshot, kinds=[k for k, on in (("files", files),
                                                                                    ("database", database)) if on])

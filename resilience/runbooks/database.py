@@ -72,8 +72,15 @@ def _restore(target: str):
         if target == "live" and not ctx.dry_run:
             ctx.facts["live_restored"] = True
         db = res.get("database") or {}
-        return {"run": res.get("run"), "target": target,
-                **{k: db.get(k) for k in ("snapshot", "database", "tables", "rows", "verified") if k in db}}
+        counts = db.get("live_counts") or db.get("actual_counts") or {}
+        if db.get("kept_database"):
+            # The damaged database stays on the server for the investigation: the report says
+            # where, and how to drop it once done.
+            ctx.facts.update(kept_database=db["kept_database"], drop_command=db.get("drop_command"))
+        return {"run": res.get("run"), "target": target, "snapshot": db.get("snapshot"),
+                "database": db.get("database"), "tables": len(counts), "rows": sum(counts.values()),
+                "verified": bool(counts) and counts == db.get("expected_counts"),
+                "kept_database": db.get("kept_database"), "drop_command": db.get("drop_command")}
     return fn
 
 
@@ -123,6 +130,8 @@ def describe(ctx: Context, outcome: str) -> dict[str, Any]:
         "nature": "database failure (数据库故障)" + ("; data replaced from the last good dump"
                                                    if ctx.facts.get("live_restored") else ""),
         "trend": "contained: the database answers and the site passes its checks" if outcome == "ok" else None,
+        "findings": {"previous database kept as": ctx.facts.get("kept_database") or "none (not replaced)",
+                     "drop it when the investigation is done": ctx.facts.get("drop_command") or "n/a"},
     }
 
 

@@ -76,12 +76,17 @@ def _failback(ctx: Context) -> dict[str, Any]:
 def _verify(ctx: Context) -> dict[str, Any]:
     from ..control import lines
 
-    st = lines.status(ctx.cfg)
+    st = lines.status(ctx.cfg, rounds=2)
     res = site_checks(ctx.cfg, ctx.params["site"], retries=4)
     ctx.facts["active_after"] = st["active"]
+    # The site's URL is checked from the ops host, inside: it answers whatever the lines do.
+    # The outside's way in is the active line, so that line must reach its probe targets.
+    active_ok = bool(st["active"]) and bool(st["lines"].get(st["active"], {}).get("healthy"))
+    if not active_ok:
+        raise ResilienceError(f"the active line {st['active'] or '(none)'} does not reach its probe targets")
     if res["ok"] is False:
         raise ResilienceError("the site fails its checks")
-    return {"active": st["active"], "site_ok": res["ok"]}
+    return {"active": st["active"], "active_line_healthy": active_ok, "site_ok": res["ok"]}
 
 
 def steps(cfg, params: dict[str, Any]) -> list[Step]:
