@@ -48,7 +48,8 @@ def _book() -> Runbook:
 
     def describe(ctx, outcome):
         return {"title": "unit", "scope": f"site {ctx.params['site']}", "nature": "a test",
-                "findings": {"first seen": bool(ctx.facts.get("seen_first"))}}
+                "findings": {"first seen": bool(ctx.facts.get("seen_first")),
+                             "first lines": {"a.html": "GET /a.html 200", "b.php": None}}}
 
     return Runbook("unit", steps, validate, describe)
 
@@ -117,6 +118,8 @@ def test_report_has_the_required_fields_durations_and_digests(env):
     assert [s["step"] for s in data["timeline"]] == ["first", "maybe", "flaky", "last"]
     assert all(isinstance(s["duration_s"], float) for s in data["timeline"])
     assert "hunter2" not in md + json.dumps(data)  # redacted everywhere
+    # A mapping finding is a list, one line per key, not a Python repr.
+    assert "  - `a.html`: `GET /a.html 200`\n  - `b.php`: not found" in md and "{'" not in md
     # The report files themselves are artifacts of the run, with their digests.
     rec = [r for r in run_records(ledger, res["run"]) if r.get("step") == "incident report"][0]
     assert {a["name"] for a in rec["artifacts"]} == {"incident-report.md", "incident-report.json"}
