@@ -159,7 +159,6 @@ def test_missed_rto_target_exits_nonzero(clean, tmp_path):
     assert _end_details(res["run"])["passed"] is False
 
 
-@pytest.mark.slow
 def test_line_failover_passes_and_fails_back(clean):
     from resilience import lab as lab_api
 
@@ -169,7 +168,6 @@ def test_line_failover_passes_and_fails_back(clean):
     assert lab_api.active_line() == T.DEFAULT_LINE
 
 
-@pytest.mark.slow
 def test_full_member_restore_rebuilds_web2(clean):
     r, res = _drill(DRILLS / "full-member-restore.yml")
     assert r.returncode == 0, r.stderr + r.stdout

@@ -101,7 +101,6 @@ def test_a_failed_step_stops_and_resume_finishes_from_there(clean_members, tmp_p
     assert members["web1"]["balancer_state"] == "UP" and members["web1"]["quarantined"] is False
 
 
-@pytest.mark.slow
 def test_illegal_content_is_removed_everywhere_and_no_restore_brings_it_back(clean_members, tmp_path):
     env = {"RESILIENCE_STATE_DIR": str(tmp_path / "state")}  # the quarantine list of this test only
     body = b"<html>forbidden leaflet 7f3a</html>\n"
