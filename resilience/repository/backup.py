@@ -24,6 +24,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ResilienceError, TemporaryError
 from ..sources.base import Entry, Opener, Source
+from ..sources.stream import UNKNOWN_SIZE
 from . import blob as blobs
 from . import statcache
 from .chunker import Chunker
@@ -182,6 +183,7 @@ class Backup:
         to_read: list[Entry] = []
         hardlinks: dict[tuple[int, int], bytes] = {}
         links_later: list[tuple[bytes, bytes]] = []
+        streamed: list[bytes] = []
         self.progress.phase = "scanning"
 
         entries = self.source.entries(view.stats)
@@ -200,7 +202,10 @@ class Backup:
             if e.type == DIR:
                 stats.dirs += 1
             elif e.type == FILE:
-                stats.bytes_total += e.size
+                if e.size >= UNKNOWN_SIZE:
+                    streamed.append(path)  # its size is known once read (a pg_dump stream)
+                else:
+                    stats.bytes_total += e.size
                 first = hardlinks.get((e.dev, e.inode)) if e.nlink > 1 else None
                 if first is not None and not e.reuse:
                     links_later.append((path, first))
@@ -230,7 +235,7 @@ class Backup:
                 stats.other += 1
 
         self.progress.files_total = len(to_read)
-        self.progress.bytes_total = sum(e.size for e in to_read)
+        self.progress.bytes_total = sum(e.size for e in to_read if e.size < UNKNOWN_SIZE)
         self.progress.phase = "reading"
         vanished: set[bytes] = set()
         try:
@@ -258,6 +263,7 @@ class Backup:
         stats.warnings.extend(self.source.report.warnings)
         stats.errors.extend(self.source.report.errors)
         stats.bytes_read = self.progress.bytes_done
+        stats.bytes_total += sum(int(nodes[p].get("size", 0)) for p in streamed if p in nodes)
         stats.blobs_added = self.writer.added_blobs
         stats.bytes_added = self.writer.added_raw_bytes
         stats.bytes_stored = self.writer.stored_bytes

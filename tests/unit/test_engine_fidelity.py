@@ -379,6 +379,8 @@ def test_stream_sources_store_program_output(tmp_path):
     assert not stats.warnings and not stats.errors
     paths = {p: n for p, n in iter_tree(reopen(repo), snap.tree)}
     assert paths[b"db/portal.dump"]["size"] == len(payload)
+    # The summary counts what the streams gave, not their "unknown size" placeholder.
+    assert stats.bytes_total == len(payload) + len(b"CREATE ROLE x;\n") == snap.summary["bytes_total"]
     restore_to(reopen(repo), snap, tmp_path / "out")
     assert (tmp_path / "out" / "db" / "portal.dump").read_bytes() == payload
     assert (tmp_path / "out" / "db" / "globals.sql").read_bytes() == b"CREATE ROLE x;\n"
