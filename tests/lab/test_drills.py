@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from resilience.evidence.report import _fmt_duration
+from resilience.evidence.report_i18n import LABELS
 from resilience.lab import faults, site
 from resilience.lab import layout as L
 from resilience.lab import topology as T
 
+from ..unit.test_reports import NS, table, xhtml
 from .labtools import REPO, run_cli
 
 pytestmark = pytest.mark.lab
@@ -99,7 +102,7 @@ def _end_details(run_id: str) -> dict:
     return next(x for x in recs if x.get("type") == "run-end")["details"]
 
 
-def test_quarterly_tamper_passes_with_signed_record_and_measured_rto_rpo(clean):
+def test_quarterly_tamper_passes_with_signed_record_and_measured_rto_rpo(clean, tmp_path):
     r, res = _drill(DRILLS / "quarterly-tamper.yml")
     assert r.returncode == 0, r.stderr + r.stdout
     assert res["passed"] and not res["rollbacks_run"]
@@ -112,6 +115,32 @@ def test_quarterly_tamper_passes_with_signed_record_and_measured_rto_rpo(clean):
     _lab_as_found()
     shown = json.loads(cli("drill", "show", res["run"], "--json").stdout)
     assert [s["outcome"] for s in shown["steps"]] == ["ok"] * 4
+
+    # The auditor's documents, rendered from that ledger: the run's HTML report (Chinese and
+    # English) with the measured RTO/RPO and a verified ledger, and the quarter's report.
+    for lang in ("zh", "en"):
+        out = tmp_path / f"drill-{lang}.html"
+        r = cli("report", res["run"], "--lang", lang, "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        root = xhtml(out.read_text())
+        objectives = {row[0]: row for row in table(root, "objectives")[1:]}
+        assert objectives["RTO"][1] == _fmt_duration(res["rto_s"]) and objectives["RTO"][3] == LABELS[lang]["yes"]
+        assert objectives["RPO"][1] == _fmt_duration(res["rpo_s"]) and objectives["RPO"][3] == LABELS[lang]["yes"]
+        assert root.find(".//h:div[@id='verification']", NS).get("data-ok") == "true"
+        assert table(root, "summary")[0][1] == res["run"]
+    quarter = f"{res['run'][:4]}Q{(int(res['run'][4:6]) - 1) // 3 + 1}"
+    r = cli("report", "--period", quarter, "--json")
+    assert r.returncode == 0, r.stderr
+    period = json.loads(r.stdout)
+    drill = next(d for d in period["drills"] if d["run"] == res["run"])
+    assert drill["plan"] and period["verification"]["ok"] is True
+    r = cli("report", "--period", quarter, "--lang", "zh", "-o", str(tmp_path / "quarter.html"))
+    assert r.returncode == 0 and res["run"] in (tmp_path / "quarter.html").read_text()
+
+    # And status tells the truth about it.
+    status = json.loads(cli("status", "--json").stdout)
+    last = status["sites"]["portal"]["drill"]
+    assert last["run"] == res["run"] and last["ok"] is True and last["rto_s"] == res["rto_s"]
 
 
 def test_database_scratch_passes(clean):
