@@ -29,3 +29,15 @@ def ssh(host: str, command: str, *, known_hosts: Path | None = None,
 
     return subprocess.run([*ssh_argv(host, known_hosts=known_hosts), command],
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def rejoin_members(config: str, site: str = "portal") -> None:
+    """Rejoin the members of ``site`` that are quarantined or not serving (``cluster status``
+    first: an idempotent rejoin of a serving member still costs a playbook run)."""
+    import json
+
+    status = json.loads(run_cli("--config", config, "cluster", "status", "--site", site, "--json").stdout)
+    for m in status["sites"][site]:
+        if m["quarantined"] or not m["serving"]:
+            r = run_cli("--config", config, "rejoin", m["host"], timeout=300)
+            assert r.returncode == 0, r.stderr

@@ -23,7 +23,7 @@ from resilience.lab import layout as L
 from resilience.lab import topology as T
 
 from ..unit.test_reports import NS, table, xhtml
-from .labtools import REPO, run_cli
+from .labtools import REPO, rejoin_members, run_cli
 
 pytestmark = pytest.mark.lab
 CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
@@ -46,7 +46,7 @@ def _reset() -> None:
     for web in T.WEB_HOSTS:
         if not site.is_pristine(L.site_dir(web)):
             faults.untamper(web)
-        cli("rejoin", web, timeout=300)
+    rejoin_members(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,6 @@ def test_database_scratch_passes(clean):
     assert restore["outcome"] == "ok"
 
 
-@pytest.mark.slow
 def test_failing_step_runs_rollbacks_and_leaves_the_lab_as_it_was(clean, tmp_path):
     plan = tmp_path / "broken.yml"
     plan.write_text("""\

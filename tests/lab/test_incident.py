@@ -19,7 +19,7 @@ from resilience.lab import layout as L
 from resilience.lab import topology as T
 from resilience.lab.hosts import run_in
 
-from .labtools import REPO, run_cli
+from .labtools import REPO, rejoin_members, run_cli
 
 pytestmark = pytest.mark.lab
 CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
@@ -51,9 +51,9 @@ def _restore_members() -> None:
     for web in T.WEB_HOSTS:
         with contextlib.suppress(Exception):
             faults.start_service(web, "sshd")
-        run_cli("--config", CONFIG, "rejoin", web, timeout=300)
         if not site.is_pristine(L.site_dir(web)):
             faults.untamper(web)
+    rejoin_members(CONFIG)
 
 
 @pytest.fixture

@@ -295,7 +295,6 @@ def test_unknown_or_changed_host_key_is_refused(lab, tmp_path, case):
     assert (tmp_path / "known_hosts").read_text() == known
 
 
-@pytest.mark.slow
 def test_ctrl_c_cancels_the_playbook_and_is_recorded(clean_members):
     import signal
 

@@ -238,7 +238,6 @@ def test_live_watch_touch_is_not_tampering(pristine):
         ssh("web1", "rm -f /var/www/portal/uploads/x.php")
 
 
-@pytest.mark.slow
 def test_reviewed_publish_is_not_tampering(pristine, tmp_path):
     """A publish moves the baseline: the live watch (auto-respond on) takes nothing out."""
     new = tmp_path / "site"
@@ -305,7 +304,6 @@ def test_live_watch_auto_respond_restores_without_a_person(pristine, webhook_con
         w.stop()
 
 
-@pytest.mark.slow
 def test_no_auto_respond_against_the_last_serving_member(pristine, webhook_config):
     config, received = webhook_config
     sock = L.haproxy_socket()
