@@ -55,9 +55,6 @@ def isolate(cfg: Config, ledger: Ledger, host: str, reason: str, *, dry_run: boo
             ops = [str(a) for a in cfg.control.ops_addresses]
             dest = Path(tempfile.mkdtemp(prefix="resilience-logs-"))
             try:
-                if not sites:
-                    _run_isolate(cfg, run, host, dest, {"isolate_steps": ["quarantine"], "ops_addresses": ops},
-                                 dry_run, quiet, result)
                 for i, site in enumerate(sites):
                     # The logs come first, in the same playbook run as the first balancer: the
                     # run stops before any change when none is found.
@@ -98,10 +95,6 @@ def rejoin(cfg: Config, ledger: Ledger, host: str, *, dry_run: bool = False,
         with run:
             quarantined = _keep_state(cfg, run, host, sites, ssh, "before")
             result["quarantined_before"] = quarantined
-            if not sites:
-                res = run_playbook(cfg, "rejoin", check=dry_run, run=run, quiet=quiet, timeout=PLAYBOOK_TIMEOUT,
-                                   extravars={"target": host, "rejoin_steps": ["unquarantine"]})
-                result["changed"] |= res.changed
             for i, site in enumerate(sites):
                 # One playbook run: lift the quarantine, check the member from the balancer
                 # (status, text, sha256), READY. A member that fails its checks never gets READY.
