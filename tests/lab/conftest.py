@@ -12,6 +12,8 @@ import os
 
 import pytest
 
+from .labtools import member_tests_lock
+
 REQUIRE_ENV = "RESILIENCE_REQUIRE_LAB"
 
 
@@ -26,8 +28,6 @@ def lab():
     """The lab's status dict once every host is healthy (the lab is brought up if needed)."""
     if os.geteuid() != 0:
         _unavailable("needs root")
-    import fcntl
-
     from resilience import lab as lab_api
     from resilience.errors import ResilienceError
     from resilience.lab import faults, site
@@ -38,8 +38,7 @@ def lab():
         L.lab_dir().mkdir(parents=True, exist_ok=True)
         # Under the member lock: a concurrent session's test may have a member out or a line
         # down on purpose right now; the reset waits until it is done.
-        with open(L.lab_dir() / "member-tests.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with member_tests_lock():
             lab_api.up()
             # A known starting point, whatever an earlier (interrupted) run left behind.
             for line in T.LINES:
@@ -66,13 +65,13 @@ def member_lock(lab):
     """Hold the lab's member lock for a module whose tests take a member out, tamper with a
     site or change its content: such tests (from any module, or any concurrent session) must
     not overlap."""
-    import fcntl
+    with member_tests_lock():
+        yield
 
-    from resilience.lab import layout as L
 
-    with open(L.lab_dir() / "member-tests.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+@pytest.fixture
+def member_lock_per_test(lab):
+    """The same lock, for one test at a time (modules that hold it only while changing the
+    lab)."""
+    with member_tests_lock():
+        yield

@@ -1,9 +1,14 @@
-"""Helpers of the lab tests: the real CLI and ssh with the lab's strict options."""
+"""Helpers of the lab tests: the real CLI and ssh with the lab's strict options, the lab-wide
+lock of tests that change members, HTTP probes from the internet namespace, polling."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,3 +46,60 @@ def rejoin_members(config: str, site: str = "portal") -> None:
         if m["quarantined"] or not m["serving"]:
             r = run_cli("--config", config, "rejoin", m["host"], timeout=300)
             assert r.returncode == 0, r.stderr
+
+
+@contextlib.contextmanager
+def member_tests_lock() -> Iterator[None]:
+    """Hold the lab-wide lock of tests that take members out, tamper with a site or change
+    its content (any module, any concurrent session). flock locks of one process through two
+    descriptors exclude each other too: never take it while already holding it (the ``lab``
+    fixture takes it for its reset, so fixtures ask for ``lab`` first)."""
+    from resilience.lab import layout as L
+
+    path = L.lab_dir() / "member-tests.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def http_status(source: str | None, url: str | None = None, timeout: float = 2) -> int:
+    """HTTP status of GET ``url`` (default: the public address) from the internet namespace
+    with source address ``source``, or from the ops host when ``source`` is None; 0 when
+    nothing answered."""
+    from resilience.lab import run_in
+    from resilience.lab import topology as T
+
+    argv = ["curl", "-s", "-o", "/dev/null", "-m", str(timeout), "-w", "%{http_code}", url or T.PUBLIC_URL]
+    if source is None:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    else:
+        proc = run_in("internet", [*argv[:-1], "--interface", source, argv[-1]], check=False)
+    out = proc.stdout.decode() if isinstance(proc.stdout, bytes) else proc.stdout
+    return int(out.strip() or 0)
+
+
+def answered(source: str | None, url: str | None = None, within: float = 15) -> bool:
+    """True once GET ``url`` from ``source`` answers 200 (polling: another test may be
+    switching lines, which leaves the public address dead for a moment)."""
+    deadline = time.monotonic() + within
+    while http_status(source, url, timeout=1) != 200:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True
+
+
+def wait_for(pred, timeout: float, step: float = 0.05):
+    """Poll ``pred`` until it returns something true or ``timeout`` seconds pass; returns
+    its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    return pred()

@@ -17,7 +17,7 @@ import pytest
 from resilience.lab import run_in
 from resilience.lab import topology as T
 
-from .labtools import REPO, run_cli, ssh
+from .labtools import REPO, answered, http_status, run_cli, ssh
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("member_lock")]
 
@@ -29,29 +29,6 @@ TABLE = "inet resilience_block"
 
 def block(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return run_cli("--config", CONFIG, "block", *args, timeout=timeout)
-
-
-def http_status(source: str | None, url: str = T.PUBLIC_URL, timeout: float = 2) -> int:
-    """HTTP status of GET url from the internet namespace (source address ``source``), or from
-    the ops host when ``source`` is None; 0 when nothing answered."""
-    argv = ["curl", "-s", "-o", "/dev/null", "-m", str(timeout), "-w", "%{http_code}"]
-    if source is None:
-        proc = subprocess.run([*argv, url], capture_output=True, text=True, check=False)
-    else:
-        proc = run_in("internet", [*argv, "--interface", source, url], check=False)
-    out = proc.stdout.decode() if isinstance(proc.stdout, bytes) else proc.stdout
-    return int(out.strip() or 0)
-
-
-def answered(source: str | None, url: str = T.PUBLIC_URL, within: float = 15) -> bool:
-    """True once GET url from ``source`` answers 200 (polling: another test may be switching
-    lines, which leaves the public address dead for a moment)."""
-    deadline = time.monotonic() + within
-    while http_status(source, url, timeout=1) != 200:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.3)
-    return True
 
 
 def elements() -> dict[str, dict]:

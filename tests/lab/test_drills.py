@@ -10,7 +10,6 @@ not quarantined, sites pristine, lines up and the primary active.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from .labtools import REPO, rejoin_members, run_cli
 
 pytestmark = pytest.mark.lab
 CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
-LOCK = Path("/var/lib/resilience-lab/member-tests.lock")
 DRILLS = REPO / "drills"
 
 
@@ -50,27 +48,21 @@ def _reset() -> None:
 
 
 @pytest.fixture(scope="module")
-def drill_lab(request):
-    """Hold the member lock for the module; start from the shared state with a repository
-    whose latest snapshots are of the pristine site and the current database."""
-    # The lab fixture takes (and releases) the same lock itself: asking for it while holding
-    # the lock would wait on ourselves.
-    request.getfixturevalue("lab")
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
+def drill_lab(member_lock):
+    """Hold the member lock for the module (conftest's ``member_lock``, taken after the lab
+    fixture); start from the shared state with a repository whose latest snapshots are of the
+    pristine site and the current database."""
+    try:
+        _reset()
+        r = cli("snapshots")
+        if r.returncode == 2 and "no repository" in r.stderr:
+            assert cli("init").returncode == 0
+        r = cli("backup", "--site", "portal", timeout=600)
+        assert r.returncode == 0, r.stderr
+        yield
+    finally:
+        with contextlib.suppress(Exception):
             _reset()
-            r = cli("snapshots")
-            if r.returncode == 2 and "no repository" in r.stderr:
-                assert cli("init").returncode == 0
-            r = cli("backup", "--site", "portal", timeout=600)
-            assert r.returncode == 0, r.stderr
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                _reset()
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture

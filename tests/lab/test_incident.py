@@ -7,7 +7,6 @@ each holds the shared member-tests lock and leaves the lab as it found it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -23,22 +22,7 @@ from .labtools import REPO, rejoin_members, run_cli
 
 pytestmark = pytest.mark.lab
 CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
-LOCK = Path("/var/lib/resilience-lab/member-tests.lock")
 FIELDS = ("信息来源", "影响范围", "事件性质", "事件发展趋势", "采取的措施")
-
-
-@pytest.fixture
-def member_lock(lab):
-    """The lab-wide lock of tests that take members out or change the site (the shared path,
-    as tests/lab/conftest.py's). The lab fixture comes first: it takes the same lock for its
-    reset, and flock locks of one process through two descriptors would deadlock."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def incident(*args: str, env: dict | None = None, timeout: float = 900):
@@ -57,7 +41,7 @@ def _restore_members() -> None:
 
 
 @pytest.fixture
-def clean_members(member_lock):
+def clean_members(member_lock_per_test):
     yield
     _restore_members()
 

@@ -8,11 +8,9 @@ found it (no blocks, PostgreSQL running with the portal's data, both lines up, p
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,31 +23,16 @@ from resilience.lab import topology as T
 from resilience.lab.hosts import run_in
 from resilience.lab.keys import read_secret
 
-from .labtools import REPO, resilience_argv, run_cli, ssh
+from .labtools import REPO, answered, http_status, resilience_argv, run_cli, ssh, wait_for
 
 pytestmark = pytest.mark.lab
 CONFIG = str(REPO / "inventories" / "lab" / "resilience.yml")
-LOCK = Path("/var/lib/resilience-lab/member-tests.lock")
 EVIDENCE = Path("/var/lib/resilience-lab/evidence")  # evidence.dir of the lab config
 FIELDS = ("信息来源", "影响范围", "事件性质", "事件发展趋势", "采取的措施")
 BLOCK_TABLE = "inet resilience_block"
 # Sources of this module only (test_block.py uses .1-.3), added to the internet's lo for a test:
 # the ISPs route all of 198.19.0.0/24 back to the internet namespace.
 FLOODER, PROBER, BYSTANDER = "198.19.0.201", "198.19.0.202", "198.19.0.203"
-
-
-@pytest.fixture
-def member_lock(lab):
-    """The lab-wide lock of tests that change the lab (the path tests/lab/conftest.py uses).
-    The lab fixture comes first: it takes the same lock for its reset, and flock locks of one
-    process through two descriptors would deadlock."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -82,37 +65,6 @@ def report_of(res: dict) -> dict:
     return data
 
 
-def http_status(source: str | None, url: str = T.PUBLIC_URL, timeout: float = 2) -> int:
-    """HTTP status of GET url from the internet namespace with source address ``source`` (the
-    ops host when None); 0 when nothing answered."""
-    argv = ["curl", "-s", "-o", "/dev/null", "-m", str(timeout), "-w", "%{http_code}"]
-    if source is None:
-        proc = subprocess.run([*argv, url], capture_output=True, text=True, check=False)
-    else:
-        proc = run_in("internet", [*argv, "--interface", source, url], check=False)
-    return int(proc.stdout.strip() or 0)
-
-
-def answered(source: str | None, url: str = T.PUBLIC_URL, within: float = 15) -> bool:
-    """True once GET url from ``source`` answers 200 (polled)."""
-    deadline = time.monotonic() + within
-    while http_status(source, url, timeout=1) != 200:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.3)
-    return True
-
-
-def wait_for(pred, timeout: float, step: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
-
-
 # -- attack -------------------------------------------------------------------------------------
 
 def block_elements() -> dict[str, dict]:
@@ -128,7 +80,7 @@ def balancer_states() -> dict[str, str]:
 
 
 @pytest.fixture
-def attack_sources(member_lock):
+def attack_sources(member_lock_per_test):
     """Three more internet addresses for this test; afterwards lb1 as it was (the blocks this
     test caused removed, the table deleted if it was not there), the addresses gone and nginx
     on every member serving through the balancer."""
@@ -237,7 +189,7 @@ def table_digests() -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture
-def portal_db(member_lock):
+def portal_db(member_lock_per_test):
     """The portal database's contents before the test; afterwards PostgreSQL running, the
     contents as before (re-seeded if not) and no database left over by the restores."""
     faults.start_service("db1", "postgresql")
@@ -331,7 +283,7 @@ def test_db_failure_starts_the_database_restores_the_dump_live_and_keeps_the_log
 # -- network ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def lines_restored(member_lock):
+def lines_restored(member_lock_per_test):
     """Afterwards: both lines up and the primary active again (through the CLI if needed)."""
     assert lab_api.active_line() == T.DEFAULT_LINE
     try:

@@ -28,7 +28,7 @@ from resilience import lab as lab_api
 from resilience.lab import faults
 from resilience.lab import topology as T
 
-from .labtools import REPO, resilience_argv, run_cli
+from .labtools import REPO, resilience_argv, run_cli, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("member_lock")]
 
@@ -40,16 +40,6 @@ HOLD_S = 3.0
 def allowed(goal: float) -> float:
     """The goal, scaled by how oversubscribed the CPUs are right now."""
     return goal * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
-
-
-def wait_for(pred, timeout: float, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
 
 
 def restore_lab() -> None:

@@ -6,7 +6,6 @@ portal snapshot matching the pristine site)."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import http.server
 import json
@@ -26,21 +25,8 @@ from .labtools import REPO, resilience_argv, run_cli, ssh
 
 pytestmark = pytest.mark.lab
 CONFIG = REPO / "inventories" / "lab" / "resilience.yml"
-LOCK = Path("/var/lib/resilience-lab/member-tests.lock")
 TAMPERED = {"index.html", *site.article_paths()[:faults.TAMPERED_ARTICLES]}
 GOAL_OUT_S, GOAL_WHOLE_S = 2.0, 30.0
-
-
-@pytest.fixture
-def member_lock(lab):
-    """Hold the lab-wide lock of tests that change members, for the whole test."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cli(*args, timeout=600, config=CONFIG):
@@ -84,7 +70,7 @@ def settle_lab() -> None:
 
 
 @pytest.fixture
-def pristine(member_lock):
+def pristine(member_lock_per_test):
     """A known starting point, restored after the test."""
     if cli("snapshots", "--site", "portal").returncode == 2:
         assert cli("init").returncode == 0
